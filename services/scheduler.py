@@ -1,0 +1,260 @@
+"""Micro-batching scheduler: work from concurrent requests shares one engine pass.
+
+The asyncio side enqueues ``Plan``s (from ``GenerativeRewardModel.plan``) and awaits
+futures. One dedicated worker thread (model work never runs on the event loop) takes a
+batch, runs ``run_plans(batch)`` once, and resolves each future on its own loop through
+``loop.call_soon_threadsafe``.
+
+How a batch forms (DESIGN.md section 8: a short wait, capped by tokens):
+
+- the worker takes what is queued at once. It waits up to ``max_wait_ms`` for more only
+  while callers have *announced* work that is on its way (``expect(n)`` before planning),
+  so a lone request never waits and a burst of concurrent ones shares a pass;
+- a batch holds at most ``max_batch_sequences`` sampled sequences (k per input) and
+  ``max_batch_tokens`` tokens, counted per sequence as prompt + max_new_tokens, a bound
+  on the KV cache the pass needs. An input larger than the caps runs alone;
+- an input whose deadline passed, or whose caller went away, is dropped unrun;
+- when a batch raises, its inputs run again one by one, so one bad input fails only its
+  own future.
+
+The queue is bounded: ``submit`` raises ``QueueFull`` past ``max_queue`` waiting inputs.
+
+Example (inside a coroutine)::
+
+    scheduler = Scheduler(grm.run_plans, SchedulerConfig(max_wait_ms=5)).start()
+    ticket = scheduler.expect(1)
+    plan = grm.plan(item, sampling, aggregation)
+    result = await scheduler.submit(plan, deadline=time.monotonic() + 30, ticket=ticket)
+    ticket.release()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from grm.judge import Plan
+from grm.types import ScoreResult
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The scheduler's queue cannot take more inputs now (RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExpired(Exception):
+    """The caller's deadline passed before the engine ran its input (DEADLINE_EXCEEDED)."""
+
+
+class SchedulerClosed(Exception):
+    """The scheduler stopped before running the input (UNAVAILABLE)."""
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_wait_ms: float = 5.0  # longest wait for announced work before a pass starts
+    max_batch_tokens: int = 1 << 20  # sum over sequences of (prompt + max_new_tokens) tokens
+    max_batch_sequences: int = 512  # sampled sequences (k per input) per engine pass
+    max_queue: int = 1024  # inputs waiting; past this submit raises QueueFull
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_wait_ms <= 1000:
+            raise ValueError(f"SchedulerConfig.max_wait_ms must be in 0..1000, got {self.max_wait_ms}")
+        for name in ("max_batch_tokens", "max_batch_sequences", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def plan_cost(plan: Plan) -> tuple[int, int]:
+    """(tokens, sequences) of one plan: each of the k sequences holds its prompt plus its budget."""
+    tokens = sum(len(p.samples) * (len(p.ids) + plan.sampling.max_new_tokens) for p in plan.prompts)
+    return tokens, plan.sampling.k
+
+
+@dataclass
+class _Work:
+    plan: Plan
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    deadline: float | None  # time.monotonic() seconds; None = no deadline
+    tokens: int
+    sequences: int
+
+    def gone(self, now: float) -> str | None:
+        if self.future.cancelled():  # read across threads: a flag that only ever turns on
+            return "cancelled"
+        if self.deadline is not None and now >= self.deadline:
+            return "deadline"
+        return None
+
+
+class Ticket:
+    """Work a caller announced; the worker waits briefly while any ticket is open."""
+
+    def __init__(self, scheduler: "Scheduler", n: int):
+        self._scheduler, self.left = scheduler, n
+
+    def consume(self, n: int = 1) -> None:
+        n = min(n, self.left)
+        self.left -= n
+        self._scheduler._announce(-n)
+
+    def release(self) -> None:
+        self.consume(self.left)
+
+
+class Scheduler:
+    """See the module docstring. ``run_plans`` is ``GenerativeRewardModel.run_plans``."""
+
+    def __init__(self, run_plans: Callable[[Sequence[Plan]], list[ScoreResult]],
+                 config: SchedulerConfig = SchedulerConfig(), metrics=None):
+        self.run_plans = run_plans
+        self.config = config
+        self.metrics = metrics  # a services.metrics.ServiceMetrics, or None
+        self._queue: deque[_Work] = deque()
+        self._cond = threading.Condition()
+        self._incoming = 0  # announced inputs not yet submitted
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="grm-scheduler", daemon=True)
+
+    def start(self) -> "Scheduler":
+        self._thread.start()
+        return self
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def free_slots(self) -> int:
+        return self.config.max_queue - len(self._queue)
+
+    def expect(self, n: int) -> Ticket:
+        """Announce ``n`` inputs about to be submitted (release the ticket when done)."""
+        self._announce(n)
+        return Ticket(self, n)
+
+    def _announce(self, n: int) -> None:
+        if n:
+            with self._cond:
+                self._incoming += n
+                self._cond.notify_all()
+
+    def submit(self, plan: Plan, deadline: float | None = None, ticket: Ticket | None = None) -> asyncio.Future:
+        """Queue one plan; the returned future (of this loop) resolves to its ScoreResult."""
+        loop = asyncio.get_running_loop()
+        tokens, sequences = plan_cost(plan)
+        work = _Work(plan, loop.create_future(), loop, deadline, tokens, sequences)
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosed("the server is shutting down")
+            if len(self._queue) >= self.config.max_queue:
+                raise QueueFull(f"the scheduler queue is full ({self.config.max_queue} inputs waiting)")
+            self._queue.append(work)
+            self._set_depth()
+            self._cond.notify_all()
+        if ticket is not None:
+            ticket.consume()
+        return work.future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run what is queued, then stop the worker; later submits raise SchedulerClosed."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            if batch:
+                self._run(batch)
+
+    def _take(self) -> list[_Work] | None:
+        """The next batch ([] when everything taken was dropped); None once closed and empty."""
+        cfg = self.config
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            until = time.monotonic() + cfg.max_wait_ms / 1000
+            while self._incoming > 0 and not self._closed and not self._queue_full_batch():
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch, dropped = self._pop_batch()
+            self._set_depth()
+        for work, reason in dropped:
+            self._settle(work, None, DeadlineExpired("the deadline passed before the input ran"))
+            if self.metrics is not None:
+                self.metrics.dropped.labels(reason).inc()
+        return batch
+
+    def _queue_full_batch(self) -> bool:
+        tokens = sum(w.tokens for w in self._queue)
+        sequences = sum(w.sequences for w in self._queue)
+        return tokens >= self.config.max_batch_tokens or sequences >= self.config.max_batch_sequences
+
+    def _pop_batch(self) -> tuple[list[_Work], list[tuple[_Work, str]]]:
+        now = time.monotonic()
+        batch, dropped, tokens, sequences = [], [], 0, 0
+        while self._queue:
+            work = self._queue[0]
+            if (reason := work.gone(now)) is not None:
+                dropped.append((self._queue.popleft(), reason))
+                continue
+            if batch and (tokens + work.tokens > self.config.max_batch_tokens
+                          or sequences + work.sequences > self.config.max_batch_sequences):
+                break
+            batch.append(self._queue.popleft())
+            tokens, sequences = tokens + work.tokens, sequences + work.sequences
+        return batch, dropped
+
+    def _run(self, batch: list[_Work]) -> None:
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.batch_sequences.observe(sum(w.sequences for w in batch))
+        try:
+            results = self.run_plans([w.plan for w in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("engine pass failed")
+                self._settle(batch[0], None, exc)
+                return
+            # Find the input that broke the pass: the others must still get their results.
+            log.warning("a batch of %d inputs failed (%r); running them one by one", len(batch), exc)
+            for work in batch:
+                if work.gone(time.monotonic()) is None:
+                    self._run([work])
+                else:
+                    self._settle(work, None, DeadlineExpired("the deadline passed before the input ran"))
+            return
+        for work, result in zip(batch, results):
+            self._settle(work, result, None)
+
+    def _settle(self, work: _Work, result: ScoreResult | None, exc: BaseException | None) -> None:
+        def resolve() -> None:
+            if work.future.done():  # the caller was cancelled meanwhile
+                return
+            if exc is not None:
+                work.future.set_exception(exc)
+            else:
+                work.future.set_result(result)
+
+        try:
+            work.loop.call_soon_threadsafe(resolve)
+        except RuntimeError:  # that event loop is closed: nobody is waiting any more
+            pass
+
+    def _set_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._queue))

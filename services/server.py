@@ -1,0 +1,251 @@
+"""The gRPC server: RewardService, health, reflection, metrics, background loading, shutdown.
+
+``create_server`` binds (port 0 picks a free port, as in the grpc examples), starts
+serving at once with health NOT_SERVING, and loads the model on a background thread;
+until the model is loaded every RewardService call answers UNAVAILABLE. ``stop`` turns
+health NOT_SERVING, refuses new calls with UNAVAILABLE, drains the calls in flight for
+up to ``grace_s``, then stops the scheduler, the cache and the metrics exporter.
+
+    server, port = await create_server(lambda: GenerativeRewardModel.load(path))
+    await server.wait_ready()
+    ...
+    await server.stop()
+
+``BackgroundServer`` runs the same on its own event loop in a thread (tests, ``grm demo``,
+the benchmark); ``run_until_signal`` is the body of ``grm serve`` (SIGTERM drains, exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from grm.judge import GenerativeRewardModel
+from grm.types import SamplingOptions
+from services.cache import DEFAULT_PREFIX
+from services.metrics import ServiceMetrics
+from services.scheduler import Scheduler, SchedulerConfig
+from services.servicer import SERVICE_NAME, Backend, RewardServicer
+from services.validation import Limits
+
+log = logging.getLogger(__name__)
+SERVER_VERSION = "0.1.0"
+JudgeOrLoader = GenerativeRewardModel | Callable[[], GenerativeRewardModel]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    limits: Limits = Limits()
+    defaults: SamplingOptions = SamplingOptions()  # used for unset sampling fields
+    scheduler: SchedulerConfig = SchedulerConfig()
+    max_concurrent_rpcs: int = 256  # past this grpc answers RESOURCE_EXHAUSTED
+    grace_s: float = 30.0  # how long shutdown waits for calls in flight
+    metrics_port: int | None = None  # Prometheus /metrics port; 0 = a free one, None = off
+    metrics_host: str = "127.0.0.1"
+    cache_prefix: str = DEFAULT_PREFIX  # change it to drop every old cache entry
+
+    def __post_init__(self) -> None:
+        self.limits.check_defaults(self.defaults)
+        if self.max_concurrent_rpcs < 1:
+            raise ValueError(f"ServerConfig.max_concurrent_rpcs must be >= 1, got {self.max_concurrent_rpcs}")
+        if self.grace_s < 0:
+            raise ValueError(f"ServerConfig.grace_s must be >= 0, got {self.grace_s}")
+        if self.limits.max_batch_items > self.scheduler.max_queue:
+            raise ValueError(f"Limits.max_batch_items ({self.limits.max_batch_items}) must not exceed "
+                             f"SchedulerConfig.max_queue ({self.scheduler.max_queue}): such a batch never fits")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ValueError(f"ServerConfig.metrics_port must be in 0..65535 or None, got {self.metrics_port}")
+
+
+class RewardServer:
+    """A started grpc.aio server plus everything it owns. Made by ``create_server``."""
+
+    def __init__(self, server: grpc.aio.Server, servicer: RewardServicer, health_servicer, config: ServerConfig,
+                 metrics: ServiceMetrics, port: int, metrics_port: int | None, cache=None):
+        self.server, self.servicer, self.health = server, servicer, health_servicer
+        self.config, self.metrics, self.cache = config, metrics, cache
+        self.port, self.metrics_port = port, metrics_port
+        self._ready = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def judge(self) -> GenerativeRewardModel | None:
+        return self.servicer.backend.judge if self.servicer.backend else None
+
+    def _begin_loading(self, judge_or_loader: JudgeOrLoader) -> None:
+        if isinstance(judge_or_loader, GenerativeRewardModel):
+            asyncio.get_running_loop().create_task(self._loaded(judge_or_loader, None))
+            return
+        loop = asyncio.get_running_loop()
+
+        def load() -> None:  # a daemon thread: shutting down never waits for a slow load
+            try:
+                judge, error = judge_or_loader(), None
+            except Exception as e:
+                log.exception("loading the model failed")
+                judge, error = None, e
+            try:
+                asyncio.run_coroutine_threadsafe(self._loaded(judge, error), loop)
+            except RuntimeError:  # the loop is gone: the server already stopped
+                pass
+
+        threading.Thread(target=load, name="grm-loader", daemon=True).start()
+
+    async def _loaded(self, judge: GenerativeRewardModel | None, error: Exception | None) -> None:
+        if error is not None:
+            self.servicer.load_error = f"{type(error).__name__}: {error}"
+        elif not self._stopping:
+            scheduler = Scheduler(judge.run_plans, self.config.scheduler, self.metrics).start()
+            self.servicer.backend = Backend(judge, scheduler)
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._ready.set()
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the model is loaded; raise RuntimeError when loading failed."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+        if self.servicer.load_error:
+            raise RuntimeError(f"the model failed to load: {self.servicer.load_error}")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, drain the ones in flight (up to ``grace`` s), release everything."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self.servicer.shutting_down = True  # calls that slip in meanwhile get UNAVAILABLE
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_s if grace is None else grace)
+        if self.servicer.backend is not None:
+            await asyncio.to_thread(self.servicer.backend.scheduler.close, 30.0)
+        self.servicer.close()
+        if self.cache is not None:
+            await self.cache.close()
+        await asyncio.to_thread(self.metrics.stop_http)
+        self._stopped.set()
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+
+async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.1:0",
+                        config: ServerConfig = ServerConfig(), cache=None) -> tuple[RewardServer, int]:
+    """Bind ``address``, start serving (health NOT_SERVING), load the model in the background."""
+    metrics = ServiceMetrics()
+    servicer = RewardServicer(config.limits, config.defaults, metrics, cache, config.cache_prefix, SERVER_VERSION)
+    health_servicer = health.aio.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server = grpc.aio.server(
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        options=[("grpc.max_receive_message_length", config.limits.max_message_bytes),
+                 ("grpc.max_send_message_length", -1),  # replies with judgments can be large
+                 ("grpc.so_reuseport", 0)])  # a port in use must fail loudly, not be shared
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {address}")
+    await server.start()
+    metrics_port = None
+    if config.metrics_port is not None:
+        metrics_port = metrics.start_http(config.metrics_port, config.metrics_host)
+    srv = RewardServer(server, servicer, health_servicer, config, metrics, port, metrics_port, cache)
+    srv._begin_loading(judge_or_loader)
+    return srv, port
+
+
+async def run_until_signal(judge_or_loader: JudgeOrLoader, address: str, config: ServerConfig,
+                           cache_factory: Callable[[], object] | None = None,
+                           say: Callable[[str], None] = print) -> int:
+    """The body of ``grm serve``: serve until SIGTERM/SIGINT, drain, return the exit code."""
+    cache = cache_factory() if cache_factory else None
+    srv, port = await create_server(judge_or_loader, address, config, cache)
+    host = address.rsplit(":", 1)[0]
+    say(f"serving on {host}:{port} (loading the model; health is NOT_SERVING until it is ready)")
+    if srv.metrics_port is not None:
+        say(f"metrics on http://{config.metrics_host}:{srv.metrics_port}/metrics")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready = asyncio.create_task(srv.wait_ready())
+    await asyncio.wait([ready, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if ready.done() and ready.exception() is not None:
+        say(f"error: {ready.exception()}")
+        code = 1
+    elif ready.done():
+        judge = srv.judge
+        say(f"ready: model {judge.model_id} (revision {judge.revision[:12]}), template "
+            f"{judge.template.version}, cache {getattr(cache, 'name', 'none')}")
+        await stop.wait()
+    say(f"shutting down: draining calls in flight (up to {config.grace_s:g} s)")
+    await srv.stop()
+    say("stopped")
+    return code
+
+
+class BackgroundServer:
+    """A RewardServer on its own event loop in a daemon thread, driven from sync code.
+
+        with BackgroundServer(judge) as bg:       # binds 127.0.0.1:0, waits for the model
+            client = RewardClient(bg.address)
+    """
+
+    def __init__(self, judge_or_loader: JudgeOrLoader, address: str = "127.0.0.1:0",
+                 config: ServerConfig = ServerConfig(), cache_factory: Callable[[], object] | None = None):
+        self._args = (judge_or_loader, address, config)
+        self._cache_factory = cache_factory  # called on the server's loop (async clients bind to it)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grm-server-loop", daemon=True)
+        self.server: RewardServer | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self._args[1].rsplit(':', 1)[0]}:{self.port}"
+
+    @property
+    def metrics(self) -> ServiceMetrics:
+        return self.server.metrics
+
+    def run(self, coro, timeout: float | None = None):
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self, wait_ready: bool = True, timeout: float = 300.0) -> "BackgroundServer":
+        self._thread.start()
+
+        async def boot() -> tuple[RewardServer, int]:
+            cache = self._cache_factory() if self._cache_factory else None
+            return await create_server(*self._args, cache=cache)
+
+        self.server, self.port = self.run(boot(), timeout)
+        if wait_ready:
+            self.run(self.server.wait_ready(), timeout)
+        return self
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        if self.server is not None:
+            self.run(self.server.stop(grace))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

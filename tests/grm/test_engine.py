@@ -1,0 +1,182 @@
+"""TransformersEngine on tiny random-weight models: shared-prefix sampling must match plain
+``model.generate`` token for token under greedy decoding, and seeded sampling must not
+depend on what else shares the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grm.engine import GenerationRequest
+from grm.testing import build_tiny_model
+from grm.transformers_engine import TransformersEngine, checkpoint_revision, sample_seed
+
+torch.set_num_threads(2)
+
+TEXTS = [
+    "Write a sentence in uppercase that ends with a question mark.",
+    "What is 12 + 30?",
+    "Analysis: Response 1 answers the question and uses 5 words, so it meets criterion 2. " * 3,
+]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def engine(request, tmp_path_factory) -> TransformersEngine:
+    path = build_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
+    return TransformersEngine.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> TransformersEngine:
+    return TransformersEngine.load(str(build_tiny_model(tmp_path_factory.mktemp("llama"), arch="llama")))
+
+
+def with_eos(engine: TransformersEngine, eos: set[int], **kwargs) -> TransformersEngine:
+    """The same weights with other stop tokens (or other limits)."""
+    return TransformersEngine(engine.model, engine.tokenizer, engine.model_id, engine.revision,
+                              eos_token_ids=eos, **kwargs)
+
+
+def prompts(engine: TransformersEngine) -> list[tuple[int, ...]]:
+    ids = [tuple(engine.tokenizer(t).input_ids) for t in TEXTS]
+    assert len({len(p) for p in ids}) == len(ids)  # different lengths: the batch is left-padded
+    return ids
+
+
+def reference(engine: TransformersEngine, prompt: tuple[int, ...], max_new_tokens: int) -> list[int]:
+    """Plain greedy ``model.generate`` on the prompt alone, EOS disabled."""
+    ids = torch.tensor([prompt])
+    out = engine.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                eos_token_id=None, pad_token_id=engine.tokenizer.pad_token_id)
+    return out[0, len(prompt):].tolist()
+
+
+def cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], bool]:
+    for t, token in enumerate(tokens):
+        if token in eos:
+            return tokens[:t], True
+    return tokens, False
+
+
+def token_ids(samples) -> list[tuple[int, ...]]:
+    return [c.token_ids for c in samples]
+
+
+def test_greedy_matches_generate(engine):
+    m = 12
+    batch = prompts(engine)
+    out = engine.generate([GenerationRequest(p, n=3, temperature=0, max_new_tokens=m) for p in batch])
+    assert [len(samples) for samples in out] == [3, 3, 3]
+    for prompt, samples in zip(batch, out):
+        expected, finished = cut_at_eos(reference(engine, prompt, m), engine.eos_token_ids)
+        for c in samples:
+            assert list(c.token_ids) == expected
+            assert c.finished == finished
+            assert c.text == engine.tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_stops_right_before_eos(engine):
+    batch = prompts(engine)
+    ref = reference(engine, batch[0], 12)
+    eos = ref[6]  # a token the greedy path is known to produce
+    stop = ref.index(eos)
+    stopping = with_eos(engine, {eos})
+    # The other prompt keeps going (unless it meets the same token): finished rows leave the batch.
+    out = stopping.generate([GenerationRequest(batch[0], n=2, temperature=0, max_new_tokens=12),
+                             GenerationRequest(batch[1], n=2, temperature=0, max_new_tokens=12)])
+    for c in out[0]:
+        assert list(c.token_ids) == ref[:stop] and c.finished
+    expected, finished = cut_at_eos(reference(engine, batch[1], 12), {eos})
+    assert [list(c.token_ids) for c in out[1]] == [expected, expected]
+    assert all(c.finished == finished for c in out[1])
+
+
+def test_prefills_each_prompt_once(llama):
+    """Tokens through the embedding: (L - 1) for the prompt, then one per sample per step."""
+    prompt, n, m = prompts(llama)[2], 8, 5
+    no_eos = with_eos(llama, set())
+    fed = []
+    hook = llama.model.get_input_embeddings().register_forward_hook(lambda mod, args, out: fed.append(args[0].numel()))
+    try:
+        no_eos.generate([GenerationRequest(prompt, n=n, temperature=1.0, max_new_tokens=m)])
+    finally:
+        hook.remove()
+    assert sum(fed) == (len(prompt) - 1) + n * m  # num_return_sequences would feed n * L + n * (m - 1)
+    assert no_eos.stats == {"prefill_tokens": len(prompt) - 1, "generated_tokens": n * m, "calls": 1}
+
+
+def test_same_seed_same_samples_other_seed_other_samples(llama):
+    p = prompts(llama)[0]
+    run = lambda seed: token_ids(llama.generate([GenerationRequest(p, n=4, temperature=1.0, max_new_tokens=16,
+                                                                   seed=seed)])[0])
+    first = run(7)
+    assert run(7) == first
+    assert run(8) != first
+    assert sample_seed(7, 0) != sample_seed(7, 1) != sample_seed(8, 0)
+
+
+def test_samples_do_not_depend_on_the_batch(engine):
+    """A request alone and batched with others gives the same tokens.
+
+    Logits are not bit-identical on CPU (about 1e-7 apart: a one-row matmul takes another
+    kernel than a many-row one, and left padding shifts the attention sums), but each
+    sample's noise comes from its own generator, so tokens agree unless two candidates
+    lie within ~1e-7 of each other, which these fixed seeds do not meet.
+    """
+    batch = prompts(engine)
+    target = GenerationRequest(batch[1], n=3, temperature=0.8, top_p=0.95, max_new_tokens=24, seed=11)
+    alone = engine.generate([target])[0]
+    batched = engine.generate([
+        GenerationRequest(batch[2], n=2, temperature=1.0, max_new_tokens=10, seed=3),
+        target,
+        GenerationRequest(batch[0], n=5, temperature=0, max_new_tokens=30, seed=11),
+    ])[1]
+    assert token_ids(batched) == token_ids(alone)
+
+
+def test_temperature_gives_varied_samples(llama):
+    samples = llama.generate([GenerationRequest(prompts(llama)[0], n=8, temperature=1.0, max_new_tokens=12)])[0]
+    assert len(set(token_ids(samples))) > 1
+
+
+def test_max_new_tokens_and_per_row_options(llama):
+    batch = prompts(llama)
+    no_eos = with_eos(llama, set())
+    out = no_eos.generate([
+        GenerationRequest(batch[0], n=2, temperature=0, max_new_tokens=5),
+        GenerationRequest(batch[1], n=3, temperature=1.0, max_new_tokens=9, seed=1),
+        GenerationRequest(batch[2], n=2, temperature=1.0, top_p=1e-6, max_new_tokens=7, seed=2),
+    ])
+    assert token_ids(out[0]) == [tuple(reference(llama, batch[0], 5))] * 2
+    assert all(len(c.token_ids) == 9 and not c.finished for c in out[1])
+    # top_p that keeps one token is greedy, whatever the temperature.
+    assert token_ids(out[2]) == [tuple(reference(llama, batch[2], 7))] * 2
+
+
+def test_prompt_of_one_token(llama):
+    one = (prompts(llama)[1][0],)
+    expected = tuple(reference(llama, one, 8))
+    no_eos = with_eos(llama, set())
+    alone = no_eos.generate([GenerationRequest(one, n=2, temperature=0, max_new_tokens=8)])[0]
+    mixed = no_eos.generate([GenerationRequest(prompts(llama)[2], n=1, temperature=0, max_new_tokens=8),
+                             GenerationRequest(one, n=2, temperature=0, max_new_tokens=8)])[1]
+    assert token_ids(alone) == token_ids(mixed) == [expected, expected]
+
+
+def test_max_context_caps_the_budget(llama):
+    prompt = prompts(llama)[0]
+    capped = with_eos(llama, set(), max_context=len(prompt) + 4)
+    [[c]] = capped.generate([GenerationRequest(prompt, temperature=1.0, max_new_tokens=50)])
+    assert len(c.token_ids) == 4 and not c.finished
+    too_small = with_eos(llama, set(), max_context=len(prompt))
+    with pytest.raises(ValueError, match="max_context"):
+        too_small.generate([GenerationRequest(prompt, max_new_tokens=1)])
+
+
+def test_load_attributes(llama):
+    assert llama.max_context == llama.model.config.max_position_embeddings == 4096
+    assert llama.tokenizer.eos_token_id in llama.eos_token_ids
+    assert len(llama.revision) == 64 and llama.revision == checkpoint_revision(llama.model_id)
+    assert checkpoint_revision("org/not-a-local-dir") == "org/not-a-local-dir"
+    assert llama.generate([]) == []
