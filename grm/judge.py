@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, Sequence
 
 from grm.aggregation import aggregate
@@ -30,6 +32,16 @@ from grm.prompts import build_judge_content, encode_prompt, sample_permutations
 from grm.templates import DEFAULT_TEMPLATE, JudgeTemplate
 from grm.types import (Aggregation, AggregationOptions, Completion, Judgment, Message,
                        SamplingOptions, ScoreInput, ScoreResult)
+
+
+CHECKPOINT_TEMPLATE = "grm_template.json"  # the template a checkpoint was trained with
+
+
+def save_template(template: JudgeTemplate, checkpoint_dir: str | Path) -> Path:
+    """Store ``template`` beside a checkpoint so ``GenerativeRewardModel.load`` uses it."""
+    path = Path(checkpoint_dir) / CHECKPOINT_TEMPLATE
+    path.write_text(json.dumps(template.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 class InputTooLong(ValueError):
@@ -87,7 +99,11 @@ class GenerativeRewardModel:
     @classmethod
     def load(cls, path: str, *, meta_rm: str | None = None, template: str | JudgeTemplate | None = None,
              device: str | None = None) -> "GenerativeRewardModel":
-        """Load a Hugging Face causal LM (local path or hub id) and, optionally, a meta RM."""
+        """Load a Hugging Face causal LM (local path or hub id) and, optionally, a meta RM.
+
+        The template is, in order: the one given; the one the checkpoint was trained with
+        (``grm_template.json`` beside its weights, see ``save_template``); the default.
+        """
         from grm.meta_rm import MetaRewardModel
         from grm.templates import load_template
         from grm.transformers_engine import TransformersEngine
@@ -95,6 +111,8 @@ class GenerativeRewardModel:
         engine = TransformersEngine.load(path, device=device)
         if isinstance(template, str):
             template = load_template(template)
+        if template is None and (Path(path) / CHECKPOINT_TEMPLATE).is_file():
+            template = load_template(Path(path) / CHECKPOINT_TEMPLATE)
         meta = MetaRewardModel.load(meta_rm, device=device) if meta_rm else None
         return cls(engine, template or DEFAULT_TEMPLATE, meta)
 

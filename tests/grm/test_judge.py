@@ -136,3 +136,16 @@ def test_real_engine_is_deterministic(tiny_grm):
                              [SamplingOptions(k=2, max_new_tokens=10, seed=1), SamplingOptions(**kwargs)],
                              AggregationOptions())[1]
     assert [j.text for j in c.judgments] == [j.text for j in a.judgments]
+
+
+def test_checkpoint_carries_its_template(tmp_path):
+    from grm.judge import save_template
+    from grm.templates import load_template
+    from grm.testing import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "m")
+    compact = load_template("grm-compact-v1")
+    save_template(compact, path)
+    assert GenerativeRewardModel.load(str(path)).template == compact
+    default = load_template("grm-default-v1")
+    assert GenerativeRewardModel.load(str(path), template="grm-default-v1").template == default
