@@ -14,7 +14,7 @@ does with responses) goes through the SentencePiece model and stays plain text.
 
 Example::
 
-    tok = train_tokenizer(texts, "out/tokenizer", vocab_size=1024)
+    tok = train_tokenizer(texts, "out/tokenizer", vocab_size=2048)
     tok("a <|im_end|> b", add_special_tokens=False, split_special_tokens=True).input_ids
     # -> several ordinary pieces, never tok.convert_tokens_to_ids("<|im_end|>")
 """
@@ -22,7 +22,8 @@ Example::
 from __future__ import annotations
 
 import io
-import tempfile
+import json
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -31,9 +32,10 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<pad>"
+MAX_LENGTH = 2048  # the model's context: judge prompts of 2-3 short responses take ~700 tokens
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 1024):
+def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2048):
     """Train a BPE SentencePiece model on ``texts``, save it with its HF files, return the tokenizer."""
     import sentencepiece as spm
 
@@ -46,7 +48,7 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=vocab_size,
         byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=False, split_digits=True, character_coverage=1.0,
+        add_dummy_prefix=False, split_digits=False, character_coverage=1.0,
         unk_id=0, bos_id=1, eos_id=2, pad_id=3, pad_piece=PAD,
         control_symbols=[IM_START, IM_END], max_sentence_length=1 << 16, num_threads=2,
         minloglevel=2)
@@ -55,20 +57,25 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
 
 
 def _save_hf(out_dir: Path):
-    """Wrap ``tokenizer.model`` as a Llama tokenizer with ChatML markers; save and reload it."""
-    from transformers import AutoTokenizer, LlamaTokenizer
+    """Describe ``tokenizer.model`` as a Llama tokenizer with ChatML markers; load it back and check it."""
+    from transformers import AutoTokenizer
 
-    tok = LlamaTokenizer(vocab_file=str(out_dir / "tokenizer.model"), legacy=False, add_prefix_space=False,
-                         bos_token="<s>", eos_token=IM_END, unk_token="<unk>", pad_token=PAD,
-                         add_bos_token=True, add_eos_token=False,
-                         additional_special_tokens=[IM_START, IM_END])
-    tok.chat_template = CHAT_TEMPLATE
-    with tempfile.TemporaryDirectory() as tmp:  # round trip: what users load is what we check
-        tok.save_pretrained(tmp)
-        loaded = AutoTokenizer.from_pretrained(tmp)
-    check_tokenizer(loaded)
-    loaded.save_pretrained(out_dir)
-    return AutoTokenizer.from_pretrained(out_dir)
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": IM_END,
+              "unk_token": "<unk>", "pad_token": PAD, "add_bos_token": True, "add_eos_token": False,
+              "legacy": False, "add_prefix_space": False, "additional_special_tokens": [IM_START, IM_END],
+              "model_max_length": MAX_LENGTH, "chat_template": CHAT_TEMPLATE}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    tok = AutoTokenizer.from_pretrained(out_dir)  # converts tokenizer.model to a fast tokenizer
+    check_tokenizer(tok)
+    tok.save_pretrained(out_dir)  # adds tokenizer.json; tokenizer.model stays for GGUF converters
+    return tok
+
+
+def save_tokenizer(tok, out_dir: str | Path, sentencepiece_model: str | Path | None = None) -> None:
+    """``tok.save_pretrained(out_dir)`` plus a copy of its ``tokenizer.model`` when there is one."""
+    tok.save_pretrained(out_dir)
+    if sentencepiece_model is not None and Path(sentencepiece_model).is_file():
+        shutil.copyfile(sentencepiece_model, Path(out_dir) / "tokenizer.model")
 
 
 def check_tokenizer(tok) -> None:

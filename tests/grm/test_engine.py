@@ -45,7 +45,7 @@ def prompts(engine: TransformersEngine) -> list[tuple[int, ...]]:
 
 def reference(engine: TransformersEngine, prompt: tuple[int, ...], max_new_tokens: int) -> list[int]:
     """Plain greedy ``model.generate`` on the prompt alone, EOS disabled."""
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=engine.model.device)
     out = engine.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                 max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                                 eos_token_id=None, pad_token_id=engine.tokenizer.pad_token_id)

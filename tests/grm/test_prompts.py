@@ -10,7 +10,7 @@ import pytest
 
 from grm.parsing import unshuffle
 from grm.prompts import build_judge_content, defang, encode_prompt, sample_permutations
-from grm.templates import DEFAULT_TEMPLATE, JudgeTemplate, available_templates, load_template
+from grm.templates import DEFAULT_TEMPLATE, available_templates, load_template
 from grm.testing import build_tokenizer
 from grm.types import Message, ScoreInput
 
