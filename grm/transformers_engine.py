@@ -8,7 +8,9 @@ copies the filled KV cache rows to the k samples:
 1. left-pad the prompts of one call into a batch and run one forward over every
    prompt token except the last (held back so decoding has a token to start from);
 2. ``cache.batch_select_indices([0, 0, 0, 1, 1, ...])`` turns the R prompt rows
-   into the B = sum(n) sample rows;
+   into the B = sum(n) sample rows, and each cache layer gets room for the longest
+   budget, so a decode step writes its keys in place (a plain ``DynamicCache``
+   concatenates, copying all B rows of the prompt's cache on every step);
 3. decode one token per step for all rows, each row with its own temperature, top_p,
    budget and random stream; finished rows leave the batch, so they cost nothing.
 
@@ -77,6 +79,7 @@ def default_device_dtype(device: str | torch.device | None, dtype: Any) -> tuple
 
 
 def context_length(config: Any, tokenizer: Any) -> int:
+    """Tokens the model accepts: max_position_embeddings, or the tokenizer's limit when smaller."""
     limit = getattr(config.get_text_config(), "max_position_embeddings", None) or _SANE_MAX_LENGTH
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_limit, int) and 0 < tok_limit < min(limit, _SANE_MAX_LENGTH):

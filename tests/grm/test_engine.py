@@ -9,7 +9,7 @@ import torch
 
 from grm.engine import GenerationRequest
 from grm.testing import build_tiny_model
-from grm.transformers_engine import TransformersEngine, checkpoint_revision, sample_seed
+from grm.transformers_engine import TransformersEngine, _ReservedLayer, checkpoint_revision, sample_seed
 
 torch.set_num_threads(2)
 
@@ -180,3 +180,15 @@ def test_load_attributes(llama):
     assert len(llama.revision) == 64 and llama.revision == checkpoint_revision(llama.model_id)
     assert checkpoint_revision("org/not-a-local-dir") == "org/not-a-local-dir"
     assert llama.generate([]) == []
+
+
+def test_reserved_cache_layer_equals_concatenation():
+    keys, values = torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4)
+    layer = _ReservedLayer(keys, values, room=1)  # the third update outgrows the room
+    new = [torch.randn(2, 2, 1, 4) for _ in range(3)]
+    for t in new:
+        k, v = layer.update(t, 2 * t)
+    assert torch.equal(k, torch.cat([keys, *new], dim=2))
+    assert torch.equal(v, torch.cat([values, *(2 * t for t in new)], dim=2))
+    layer.batch_select_indices(torch.tensor([1, 1, 0]))
+    assert torch.equal(layer.keys, k[[1, 1, 0]]) and layer.get_seq_length() == 8

@@ -1,0 +1,232 @@
+"""``grm spct``: train a GRM with SPCT from nothing (or from any causal LM) in one command.
+
+    grm spct --out runs/spct                       # ~60 min on 2 CPU cores, our synthetic tasks
+    grm spct --out /tmp/q --quick                  # < 2 min: a tiny model, every stage, for tests
+    grm spct --out runs/x --base-model Qwen/Qwen2.5-0.5B-Instruct --data prefs.jsonl --device cuda
+
+Stages, each writing a Hugging Face checkpoint under ``--out`` (``--resume`` reuses the
+ones already written):
+
+0. ``tokenizer/``: a SentencePiece BPE tokenizer trained on generated judge prompts and
+   judgments (skipped with ``--base-model``, which brings its own).
+1. ``cold_start/``: SFT on correct judgments written by the rule-based teacher (or taken
+   from the data's ``judgment`` field); skipped when there are none (plain ``--data``).
+2. ``rft/``: rejective fine-tuning (paper, section 3.2): 3 sampled judgments per prompt,
+   correct ones kept, all-correct prompts dropped; optional hinted sampling.
+3. ``rl/``: rule-based online RL with GRPO (group 4, reward +1/-1, KL to the reference);
+   this is the GRM.
+4. ``meta_rm/``: a one-label sequence classifier trained with BCE on whether a sampled
+   judgment is correct (RFT samples plus the GRM's own).
+
+Every stage's greedy accuracy and parse rate on the held-out test split go to
+``report.json``. Departures from the paper, for a model 7,000 times smaller: the teacher is
+code, not a bigger model; the budget is put into the cold start (DESIGN.md section 11).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from grm.templates import DEFAULT_TEMPLATE
+from policy.spct.data import items_from_tasks, load_preference_data
+from policy.spct.model import ModelSize, build_model, load_base
+from policy.spct.tasks import generate_tasks
+from policy.spct.teacher import teacher_judgment
+from policy.spct.tokenizer import save_tokenizer, train_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How much work each stage does; FULL fits 60 minutes on 2 CPU cores, QUICK 2 minutes."""
+
+    size: ModelSize
+    train_tasks: int  # two-response training tasks (plus 15% three- and 7% one-response ones)
+    cold_steps: int
+    cold_batch: int
+    cold_time_s: float  # the cold start's cosine runs over whichever ends first: steps or time
+    rft_prompts: int
+    rft_steps: int
+    rl_steps: int
+    rl_prompts: int  # prompts per RL step; each gets a group of 4
+    meta_prompts: int  # prompts whose GRM samples (x4) join the RFT samples for the meta RM
+    meta_steps: int
+    eval_items: int  # held-out test items for the per-stage greedy check
+    max_new_tokens: int = 256
+
+
+FULL = Budget(ModelSize(), train_tasks=20000, cold_steps=900, cold_batch=32, cold_time_s=1800,
+              rft_prompts=480, rft_steps=60, rl_steps=40, rl_prompts=8, meta_prompts=240,
+              meta_steps=150, eval_items=500)
+QUICK = Budget(ModelSize(hidden=64, layers=2, heads=2, intermediate=128), train_tasks=200,
+               cold_steps=40, cold_batch=8, cold_time_s=30, rft_prompts=8, rft_steps=4, rl_steps=2,
+               rl_prompts=2, meta_prompts=4, meta_steps=4, eval_items=8, max_new_tokens=160)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="grm spct", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder: one checkpoint per stage, report.json")
+    p.add_argument("--quick", action="store_true", help="a tiny model and tiny budgets (< 2 min; for tests)")
+    p.add_argument("--base-model", help="start from this causal LM (local path or hub id) instead of nothing")
+    p.add_argument("--data", help="JSONL preference data instead of the synthetic tasks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--beta", type=float, default=0.08, help="KL coefficient of the online RL stage")
+    p.add_argument("--hinted", action="store_true", help="RFT: one extra hinted sample per prompt")
+    p.add_argument("--resume", action="store_true", help="reuse stage checkpoints already in --out")
+    p.add_argument("--stop-after", choices=["tokenizer", "cold_start", "rft", "rl", "meta_rm"],
+                   help="stop after this stage")
+
+
+def main(argv=None) -> int:
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = QUICK if args.quick else FULL
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    report = _load_json(out / "report.json") if args.resume else {}
+    report["args"] = {k: v for k, v in vars(args).items() if k != "func"}
+    report["budget"] = dataclasses.asdict(budget)
+
+    # ---- data: labelled items (train / test)
+    if args.data:
+        items = load_preference_data(args.data)
+        random.Random(args.seed).shuffle(items)
+        n_test = min(budget.eval_items, len(items) // 10)
+        test, train = items[:n_test], items[n_test:]
+    else:
+        train = items_from_tasks(generate_tasks(budget.train_tasks, args.seed, "train")
+                                 + generate_tasks(budget.train_tasks * 15 // 100, args.seed, "train", num_responses=3)
+                                 + generate_tasks(budget.train_tasks * 7 // 100, args.seed, "train", num_responses=1))
+        test = items_from_tasks(generate_tasks(budget.eval_items, 0, "test"))
+
+    # ---- stage 0: tokenizer and the starting model
+    sp_model = None
+    if args.base_model:
+        model, tokenizer = load_base(args.base_model, device=str(device))
+    else:
+        tokenizer = _tokenizer_stage(out, train, args)
+        sp_model = out / "tokenizer" / "tokenizer.model"
+        model = build_model(tokenizer, budget.size, seed=args.seed).to(device)
+    stage = _Stages(out, tokenizer, sp_model, device, report, args.resume, t0)
+    if args.stop_after == "tokenizer":
+        return stage.finish()
+
+    # ---- stage 1: cold start on teacher (or data) judgments
+    from policy.spct import stages
+    model = stage.run("cold_start", model, lambda m: stages.cold_start(m, tokenizer, train, budget, args), test, budget)
+    if args.stop_after == "cold_start":
+        return stage.finish()
+    model = stage.run("rft", model, lambda m: stages.rft_stage(m, tokenizer, train, budget, args, out), test, budget)
+    if args.stop_after == "rft":
+        return stage.finish()
+    model = stage.run("rl", model, lambda m: stages.rl_stage(m, tokenizer, train, budget, args), test, budget)
+    if args.stop_after == "rl":
+        return stage.finish()
+    stage.run_meta(lambda: stages.meta_rm_stage(model, tokenizer, train, budget, args, out))
+    return stage.finish()
+
+
+def _tokenizer_stage(out: Path, train, args):
+    from transformers import AutoTokenizer
+
+    path = out / "tokenizer"
+    if args.resume and (path / "tokenizer.model").exists():
+        return AutoTokenizer.from_pretrained(path)
+    from grm.prompts import build_judge_content
+
+    rng = random.Random(f"tokenizer:{args.seed}")
+    texts = []
+    for it in rng.sample(train, min(3000, len(train))):
+        n = len(it.item.responses)
+        perm = tuple(rng.sample(range(n), n))
+        texts.append(build_judge_content(DEFAULT_TEMPLATE, it.item, perm))
+        if it.task is not None:
+            texts.append(teacher_judgment(it.task, perm, rng))
+    return train_tokenizer(texts, path)
+
+
+class _Stages:
+    """Runs, saves, reloads (with --resume) and evaluates the stages; keeps the report."""
+
+    def __init__(self, out, tokenizer, sp_model, device, report, resume, t0):
+        self.out, self.tokenizer, self.sp_model, self.device = out, tokenizer, sp_model, device
+        self.report, self.resume, self.t0 = report, resume, t0
+
+    def save(self, model, name: str) -> Path:
+        path = self.out / name
+        tmp = path.with_name(name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        save_tokenizer(self.tokenizer, tmp, self.sp_model)
+        (tmp / "grm_template.txt").write_text(DEFAULT_TEMPLATE.version + "\n")
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.replace(path)
+        return path
+
+    def run(self, name, model, train_fn, test, budget):
+        from transformers import AutoModelForCausalLM
+
+        path = self.out / name
+        if self.resume and (path / "config.json").exists():
+            print(f"[spct] {name}: reusing {path}", flush=True)
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device).eval()
+        start = time.monotonic()
+        stats = train_fn(model)
+        if stats is None:  # the stage had nothing to learn from (e.g. no judgments for a cold start)
+            print(f"[spct] {name}: skipped", flush=True)
+            self.report[name] = {"skipped": True}
+            return model
+        self.save(model, name)
+        from policy.spct.stage_eval import greedy_eval
+
+        figures = greedy_eval(model, self.tokenizer, test, budget.max_new_tokens)
+        self.report[name] = {**stats, "wall_s": round(time.monotonic() - start, 1), "test_greedy": figures}
+        print(f"[spct] {name}: {figures} in {self.report[name]['wall_s']}s", flush=True)
+        self._write()
+        return model.eval()
+
+    def run_meta(self, train_fn):
+        path = self.out / "meta_rm"
+        if self.resume and (path / "config.json").exists():
+            return
+        start = time.monotonic()
+        meta_model, stats = train_fn()
+        self.save(meta_model, "meta_rm")
+        self.report["meta_rm"] = {**stats, "wall_s": round(time.monotonic() - start, 1)}
+        self._write()
+
+    def finish(self) -> int:
+        self.report["wall_s_this_run"] = round(time.monotonic() - self.t0, 1)
+        self._write()
+        print(f"[spct] done in {self.report['wall_s_this_run']}s; checkpoints in {self.out}", flush=True)
+        return 0
+
+    def _write(self):
+        (self.out / "report.json").write_text(json.dumps(self.report, indent=2))
+
+
+def _load_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

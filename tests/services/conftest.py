@@ -1,0 +1,51 @@
+"""Session fixtures for the service tests: one tiny model, one in-process server on port 0.
+
+The model is a random-weight tiny Llama written with ``save_pretrained`` and read back
+with ``from_pretrained`` (``grm.testing``), built once per session. The server is a real
+grpc.aio server on 127.0.0.1:0 with an in-memory cache, run on its own event loop.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grm.judge import GenerativeRewardModel
+from grm.testing import build_tiny_model
+from service_helpers import CONFIG
+from services.cache import MemoryCache
+from services.client import RetryPolicy, RewardClient
+from services.server import BackgroundServer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("grm-model") / "tiny-llama", arch="llama")
+
+
+@pytest.fixture(scope="session")
+def judge(tiny_model_path) -> GenerativeRewardModel:
+    """The server's judge."""
+    return GenerativeRewardModel.load(str(tiny_model_path))
+
+
+@pytest.fixture(scope="session")
+def local_judge(tiny_model_path) -> GenerativeRewardModel:
+    """A second, in-process judge on the same weights, to compare the service against."""
+    return GenerativeRewardModel.load(str(tiny_model_path))
+
+
+@pytest.fixture(scope="session")
+def server(judge):
+    bg = BackgroundServer(judge, "127.0.0.1:0", CONFIG, cache_factory=MemoryCache).start()
+    yield bg
+    bg.stop()
+
+
+@pytest.fixture
+def client(server):
+    """No retries, so a test sees exactly the status the server answered."""
+    with RewardClient(server.address, timeout_s=60, retry=RetryPolicy(max_attempts=1)) as c:
+        yield c
