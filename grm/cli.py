@@ -172,7 +172,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent-rpcs", type=int, default=256,
                    help="calls in progress before RESOURCE_EXHAUSTED (default 256)")
     p.add_argument("--max-queue", type=int, default=1024, help="inputs waiting for the engine (default 1024)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="micro-batch wait for announced work (ms)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="micro-batching: longest gap between announced inputs the engine waits out (ms)")
+    p.add_argument("--max-linger-ms", type=float, default=200.0,
+                   help="micro-batching: longest total wait for announced inputs (ms)")
     p.add_argument("--max-batch-tokens", type=int, default=1 << 20,
                    help="cap per engine pass on sum(prompt + max_new_tokens) over sequences")
     p.add_argument("--max-batch-sequences", type=int, default=512, help="sequences per engine pass")

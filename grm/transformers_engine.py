@@ -43,19 +43,26 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _SANE_MAX_LENGTH = 10_000_000  # tokenizers say 1e30 when they do not know their limit
 
 
+REVISION_FILES = frozenset({
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model",
+    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "grm_template.json",
+})
+
+
 def checkpoint_revision(path_or_id: str | os.PathLike, commit: str | None = None) -> str:
     """A stable name for a checkpoint's weights, for cache keys.
 
-    A local directory: sha256 over config.json and every weight file (names and bytes,
-    read in 1 MiB chunks, in sorted order). A hub id: its commit hash when known, else
-    the id itself.
+    A local directory: sha256 over every file that shapes the output (weights, config,
+    generation config, tokenizer, chat template, the judge template saved with the
+    checkpoint), names and bytes, read in 1 MiB chunks, in sorted order. A hub id: its
+    commit hash when known, else the id itself.
     """
     path = Path(path_or_id)
     if not path.is_dir():
         return commit or str(path_or_id)
     digest = hashlib.sha256()
     files = [p for p in sorted(path.iterdir())
-             if p.is_file() and (p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES))]
+             if p.is_file() and (p.name in REVISION_FILES or p.name.endswith(WEIGHT_SUFFIXES))]
     for p in files:
         digest.update(p.name.encode() + b"\0")
         with open(p, "rb") as f:

@@ -59,7 +59,8 @@ def server_config(args: argparse.Namespace):
                     max_messages=args.max_messages, max_message_bytes=int(args.max_message_mb * 2**20))
     defaults = SamplingOptions(k=args.default_k, temperature=args.default_temperature,
                                max_new_tokens=args.default_max_new_tokens)
-    scheduler = SchedulerConfig(max_wait_ms=args.max_wait_ms, max_batch_tokens=args.max_batch_tokens,
+    scheduler = SchedulerConfig(max_wait_ms=args.max_wait_ms, max_linger_ms=args.max_linger_ms,
+                                max_batch_tokens=args.max_batch_tokens,
                                 max_batch_sequences=args.max_batch_sequences, max_queue=args.max_queue)
     return ServerConfig(limits=limits, defaults=defaults, scheduler=scheduler,
                         max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace,

@@ -7,9 +7,11 @@ batch, runs ``run_plans(batch)`` once, and resolves each future on its own loop 
 
 How a batch forms (DESIGN.md section 8: a short wait, capped by tokens):
 
-- the worker takes what is queued at once. It waits up to ``max_wait_ms`` for more only
-  while callers have *announced* work that is on its way (``expect(n)`` before planning),
-  so a lone request never waits and a burst of concurrent ones shares a pass;
+- the worker takes what is queued at once, unless callers have *announced* work that is
+  on its way (``expect(n)`` before they tokenize their prompts). Then it waits for it,
+  as long as the next input keeps arriving within ``max_wait_ms`` of the previous one and
+  for at most ``max_linger_ms`` in all. A lone request never waits; a burst of concurrent
+  ones (whose prompts are tokenized one after another, a few ms each) shares a pass;
 - a batch holds at most ``max_batch_sequences`` sampled sequences (k per input) and
   ``max_batch_tokens`` tokens, counted per sequence as prompt + max_new_tokens, a bound
   on the KV cache the pass needs. An input larger than the caps runs alone;
@@ -58,14 +60,16 @@ class SchedulerClosed(Exception):
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_wait_ms: float = 5.0  # longest wait for announced work before a pass starts
+    max_wait_ms: float = 5.0  # longest gap between announced arrivals the worker waits out
+    max_linger_ms: float = 200.0  # longest total wait for announced work before a pass starts
     max_batch_tokens: int = 1 << 20  # sum over sequences of (prompt + max_new_tokens) tokens
     max_batch_sequences: int = 512  # sampled sequences (k per input) per engine pass
     max_queue: int = 1024  # inputs waiting; past this submit raises QueueFull
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_wait_ms <= 1000:
-            raise ValueError(f"SchedulerConfig.max_wait_ms must be in 0..1000, got {self.max_wait_ms}")
+        for name in ("max_wait_ms", "max_linger_ms"):
+            if not 0 <= getattr(self, name) <= 10_000:
+                raise ValueError(f"SchedulerConfig.{name} must be in 0..10000, got {getattr(self, name)}")
         for name in ("max_batch_tokens", "max_batch_sequences", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -120,6 +124,7 @@ class Scheduler:
         self._queue: deque[_Work] = deque()
         self._cond = threading.Condition()
         self._incoming = 0  # announced inputs not yet submitted
+        self._last_arrival = 0.0  # time.monotonic() of the latest submit
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="grm-scheduler", daemon=True)
 
@@ -156,6 +161,7 @@ class Scheduler:
             if len(self._queue) >= self.config.max_queue:
                 raise QueueFull(f"the scheduler queue is full ({self.config.max_queue} inputs waiting)")
             self._queue.append(work)
+            self._last_arrival = time.monotonic()
             self._set_depth()
             self._cond.notify_all()
         if ticket is not None:
@@ -185,9 +191,10 @@ class Scheduler:
                 self._cond.wait()
             if not self._queue:
                 return None
-            until = time.monotonic() + cfg.max_wait_ms / 1000
+            start = time.monotonic()
             while self._incoming > 0 and not self._closed and not self._queue_full_batch():
-                left = until - time.monotonic()
+                gap_end = max(self._last_arrival, start) + cfg.max_wait_ms / 1000
+                left = min(gap_end, start + cfg.max_linger_ms / 1000) - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)

@@ -24,10 +24,17 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from grm.prompts import build_judge_content, encode_prompt
-from grm.templates import JudgeTemplate
+from grm.templates import JudgeTemplate, load_template
 from grm.types import ScoreInput
 from policy.spct.tasks import Task
 from policy.spct.teacher import judgment_is_correct, teacher_judgment
+
+
+# The template every stage renders prompts with, stored beside every checkpoint
+# (grm.judge.save_template) so the judge serves the model with the text it learned.
+# The compact one: the default's ~2,200 characters of instructions would triple the
+# tokens of each training example for a model that cannot read them anyway.
+SPCT_TEMPLATE: JudgeTemplate = load_template("grm-compact-v1")
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ the backbone already reads these prompts. Pairs are tokenised by
 
 Example::
 
-    meta_model, stats = train_meta_rm(grm_dir, tokenizer, pairs, labels, MetaConfig(steps=150))
+    meta_model, meta_tokenizer, stats = train_meta_rm(grm_dir, tokenizer, pairs, labels, MetaConfig(steps=150))
 """
 
 from __future__ import annotations
 
 import random
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,7 +35,8 @@ META_MAX_LENGTH = 512  # the prompt's tail (query, responses, output format) + t
 class MetaConfig:
     steps: int = 150
     batch_size: int = 16
-    lr: float = 3e-4
+    lr: float = 5e-4
+    time_limit_s: float | None = None  # stop early when exceeded (a shared CPU's pace varies)
     held_out: float = 0.1  # share of pairs kept out of training to report accuracy and AUC
     seed: int = 0
 
@@ -66,8 +68,13 @@ def _auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
 
 def train_meta_rm(grm_model, tokenizer, pairs: Sequence[tuple[str, str]], labels: Sequence[int],
                   cfg: MetaConfig, desc: str = "meta RM"):
-    """Return (a trained AutoModelForSequenceClassification, figures)."""
+    """Return (a trained AutoModelForSequenceClassification, its tokenizer, figures)."""
+    import copy
+
     from transformers import AutoModelForSequenceClassification
+
+    if not pairs:
+        raise ValueError("the meta RM needs at least one (prompt, judgment) pair")
 
     with tempfile.TemporaryDirectory() as tmp:  # the GRM's backbone under a fresh 1-label head
         grm_model.save_pretrained(tmp)
@@ -75,6 +82,7 @@ def train_meta_rm(grm_model, tokenizer, pairs: Sequence[tuple[str, str]], labels
         model = AutoModelForSequenceClassification.from_pretrained(tmp, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.to(grm_model.device)
+    tokenizer = copy.deepcopy(tokenizer)  # the GRM keeps its own context length
     tokenizer.model_max_length = META_MAX_LENGTH
     encoder = MetaRewardModel(model, tokenizer, max_length=META_MAX_LENGTH)
     rows = [encoder.encode(p, j) for p, j in pairs]
@@ -88,7 +96,11 @@ def train_meta_rm(grm_model, tokenizer, pairs: Sequence[tuple[str, str]], labels
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     rng = random.Random(f"meta-batches:{cfg.seed}")
     model.train()
+    start, steps = time.monotonic(), 0
     for step in (bar := tqdm(range(cfg.steps), desc=desc, mininterval=5)):
+        if cfg.time_limit_s is not None and time.monotonic() - start > cfg.time_limit_s:
+            break
+        steps += 1
         batch = rng.sample(train, min(cfg.batch_size, len(train)))
         y = torch.tensor([float(labels[i]) for i in batch], device=model.device)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -104,6 +116,6 @@ def train_meta_rm(grm_model, tokenizer, pairs: Sequence[tuple[str, str]], labels
                   for s in torch.sigmoid(_logits(model, [rows[i] for i in test[k:k + 32]], tokenizer.pad_token_id)).tolist()]
     y_test = [labels[i] for i in test]
     acc = sum((s > 0.5) == bool(y) for s, y in zip(scores, y_test)) / max(1, len(test))
-    return model, {"pairs": len(rows), "positive_rate": round(positive, 4), "steps": cfg.steps,
+    return model, tokenizer, {"pairs": len(rows), "positive_rate": round(positive, 4), "steps": steps,
                    "held_out": len(test), "held_out_accuracy": round(acc, 4),
                    "held_out_auc": None if (a := _auc(scores, y_test)) is None else round(a, 4)}

@@ -1,7 +1,7 @@
 """The GRM's starting point: any Hugging Face causal LM, or a small Llama built from nothing.
 
 ``build_model`` makes the model DESIGN.md section 11 measured on this CPU (hidden 256,
-4 layers, 4 heads, tied embeddings, ~3.7M parameters with a 2k vocabulary); ``load_base``
+4 layers, 4 heads, tied embeddings, ~3.4M parameters with a 1k vocabulary); ``load_base``
 reads a local checkpoint or hub id. Either way the result is saved with
 ``save_pretrained`` and read back with ``from_pretrained``, like any real checkpoint.
 

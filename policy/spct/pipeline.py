@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from grm.templates import DEFAULT_TEMPLATE
-from policy.spct.data import items_from_tasks, load_preference_data
+from grm.judge import save_template
+from policy.spct.data import SPCT_TEMPLATE, items_from_tasks, load_preference_data
 from policy.spct.model import ModelSize, build_model, load_base
 from policy.spct.tasks import generate_tasks
 from policy.spct.teacher import teacher_judgment
@@ -61,14 +61,16 @@ class Budget:
     meta_steps: int
     eval_items: int  # held-out test items for the per-stage greedy check
     max_new_tokens: int = 256
+    meta_time_s: float | None = None  # like cold_time_s, for the meta RM
 
 
-FULL = Budget(ModelSize(), train_tasks=20000, cold_steps=900, cold_batch=32, cold_time_s=1800,
-              rft_prompts=480, rft_steps=60, rl_steps=40, rl_prompts=8, meta_prompts=240,
-              meta_steps=150, eval_items=500)
+FULL = Budget(ModelSize(), train_tasks=20000, cold_steps=1800, cold_batch=32, cold_time_s=1800,
+              rft_prompts=480, rft_steps=80, rl_steps=40, rl_prompts=8, meta_prompts=320,
+              meta_steps=600, meta_time_s=360, eval_items=500)
 QUICK = Budget(ModelSize(hidden=64, layers=2, heads=2, intermediate=128), train_tasks=200,
-               cold_steps=40, cold_batch=8, cold_time_s=30, rft_prompts=8, rft_steps=4, rl_steps=2,
-               rl_prompts=2, meta_prompts=4, meta_steps=4, eval_items=8, max_new_tokens=160)
+               cold_steps=8, cold_batch=8, cold_time_s=20, rft_prompts=6, rft_steps=3, rl_steps=2,
+               rl_prompts=2, meta_prompts=3, meta_steps=3, eval_items=6, max_new_tokens=200)
+BETA_GRID = (0.0, 0.01, 0.02, 0.08)  # the paper's grid for the KL coefficient
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,7 +86,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="JSONL preference data instead of the synthetic tasks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--beta", type=float, default=0.08, help="KL coefficient of the online RL stage")
+    p.add_argument("--beta", type=float, default=0.0,
+                   help="KL coefficient of the online RL stage (default 0: our grid's choice, see MODEL_CARD.md)")
+    p.add_argument("--beta-grid", action="store_true",
+                   help="pick beta from {0, 0.01, 0.02, 0.08} by short RL runs judged on the validation split")
     p.add_argument("--hinted", action="store_true", help="RFT: one extra hinted sample per prompt")
     p.add_argument("--resume", action="store_true", help="reuse stage checkpoints already in --out")
     p.add_argument("--stop-after", choices=["tokenizer", "cold_start", "rft", "rl", "meta_rm"],
@@ -158,7 +163,7 @@ def _tokenizer_stage(out: Path, train, args):
     for it in rng.sample(train, min(3000, len(train))):
         n = len(it.item.responses)
         perm = tuple(rng.sample(range(n), n))
-        texts.append(build_judge_content(DEFAULT_TEMPLATE, it.item, perm))
+        texts.append(build_judge_content(SPCT_TEMPLATE, it.item, perm))
         if it.task is not None:
             texts.append(teacher_judgment(it.task, perm, rng))
     return train_tokenizer(texts, path)
@@ -171,13 +176,17 @@ class _Stages:
         self.out, self.tokenizer, self.sp_model, self.device = out, tokenizer, sp_model, device
         self.report, self.resume, self.t0 = report, resume, t0
 
-    def save(self, model, name: str) -> Path:
+    def save(self, model, name: str, tokenizer=None, dtype=None) -> Path:
         path = self.out / name
         tmp = path.with_name(name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        if dtype is not None:  # a copy, so the model in memory keeps training in float32
+            import copy
+
+            model = copy.deepcopy(model).to(dtype)
         model.save_pretrained(tmp, safe_serialization=True)
-        save_tokenizer(self.tokenizer, tmp, self.sp_model)
-        (tmp / "grm_template.txt").write_text(DEFAULT_TEMPLATE.version + "\n")
+        save_tokenizer(tokenizer or self.tokenizer, tmp, self.sp_model)
+        save_template(SPCT_TEMPLATE, tmp)
         shutil.rmtree(path, ignore_errors=True)
         tmp.replace(path)
         return path
@@ -209,8 +218,8 @@ class _Stages:
         if self.resume and (path / "config.json").exists():
             return
         start = time.monotonic()
-        meta_model, stats = train_fn()
-        self.save(meta_model, "meta_rm")
+        meta_model, meta_tokenizer, stats = train_fn()
+        self.save(meta_model, "meta_rm", meta_tokenizer, dtype=torch.bfloat16)  # half the size to ship
         self.report["meta_rm"] = {**stats, "wall_s": round(time.monotonic() - start, 1)}
         self._write()
 

@@ -33,7 +33,7 @@ from grm.parsing import parse_judgment, unshuffle
 from grm.transformers_engine import TransformersEngine
 from grm.types import SamplingOptions
 from policy.grpo import group_advantages, grpo_loss
-from policy.spct.data import Example, LabeledItem, is_correct
+from policy.spct.data import SPCT_TEMPLATE, Example, LabeledItem, is_correct
 from policy.spct.sft import batch_logprobs
 
 GROUP_SIZE = 4  # paper
@@ -43,7 +43,7 @@ GROUP_SIZE = 4  # paper
 class RLConfig:
     steps: int = 40
     prompts_per_step: int = 8  # each gets a group of GROUP_SIZE samples
-    lr: float = 1e-4
+    lr: float = 2e-4
     beta: float = 0.08  # KL coefficient
     temperature: float = 1.0  # rollout temperature
     max_new_tokens: int = 256
@@ -91,7 +91,7 @@ def rollouts(grm: GenerativeRewardModel, items: Sequence[LabeledItem], cfg: RLCo
 def train_rl(model, tokenizer, items: Sequence[LabeledItem], cfg: RLConfig, desc: str = "online RL") -> dict:
     """GRPO on the rule-based reward; ``model`` is trained in place. Returns per-step figures."""
     reference = copy.deepcopy(model).eval().requires_grad_(False)
-    grm = GenerativeRewardModel(TransformersEngine(model, tokenizer, model_id="rl"))
+    grm = GenerativeRewardModel(TransformersEngine(model, tokenizer, model_id="rl"), SPCT_TEMPLATE)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng = random.Random(f"rl:{cfg.seed}")
     by_n: dict[int, list[LabeledItem]] = {}

@@ -19,12 +19,12 @@ from typing import Sequence
 from grm.judge import GenerativeRewardModel
 from grm.transformers_engine import TransformersEngine
 from grm.types import SamplingOptions
-from policy.spct.data import LabeledItem, is_correct
+from policy.spct.data import SPCT_TEMPLATE, LabeledItem, is_correct
 
 
 def judge_for(model, tokenizer) -> GenerativeRewardModel:
     """A judge on an in-memory model (no save/load round trip)."""
-    return GenerativeRewardModel(TransformersEngine(model, tokenizer, model_id="training"))
+    return GenerativeRewardModel(TransformersEngine(model, tokenizer, model_id="training"), SPCT_TEMPLATE)
 
 
 def greedy_eval(model, tokenizer, items: Sequence[LabeledItem], max_new_tokens: int = 256,

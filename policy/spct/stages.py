@@ -7,8 +7,9 @@ train, report.
 
 from __future__ import annotations
 
-from grm.templates import DEFAULT_TEMPLATE
-from policy.spct.data import teacher_batches
+import dataclasses
+
+from policy.spct.data import SPCT_TEMPLATE, teacher_batches
 from policy.spct.sft import SFTConfig, train_sft
 
 
@@ -16,8 +17,131 @@ def cold_start(model, tokenizer, train, budget, args) -> dict | None:
     """SFT on correct judgments: the rule-based teacher's, or the data's ``judgment`` field."""
     if not any(it.task is not None or it.judgment is not None for it in train):
         return None  # plain preference data: no judgments to imitate, RFT starts from the base model
-    batches = teacher_batches(tokenizer, DEFAULT_TEMPLATE, train, budget.cold_batch, args.seed)
+    batches = teacher_batches(tokenizer, SPCT_TEMPLATE, train, budget.cold_batch, args.seed)
     cfg = SFTConfig(steps=budget.cold_steps, time_limit_s=budget.cold_time_s)
     losses = train_sft(model, batches, cfg, desc="cold start")
     return {"steps": len(losses), "batch": budget.cold_batch, "lr": cfg.lr,
             "loss_first": round(losses[0], 4), "loss_last20": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
+
+
+def _subset(train, n: int, seed: int, salt: str):
+    """``n`` training items drawn without replacement, the same for the same seed and salt."""
+    import random
+
+    return random.Random(f"{salt}:{seed}").sample(list(train), min(n, len(train)))
+
+
+def rft_stage(model, tokenizer, train, budget, args, out) -> dict:
+    """Sample 3 judgments per prompt, keep the correct ones of not-too-easy prompts, fine-tune."""
+    import json
+    import random
+
+    from policy.spct.data import make_example
+    from policy.spct.rft import hinted_samples, rft_filter, sample_groups
+    from policy.spct.stage_eval import judge_for
+
+    items = _subset(train, budget.rft_prompts, args.seed, "rft")
+    grm = judge_for(model.eval(), tokenizer)
+    groups = sample_groups(grm, items, temperature=1.0, max_new_tokens=budget.max_new_tokens, seed=args.seed)
+    if args.hinted:
+        hinted = [t for k in range(0, len(items), 16)
+                  for t in hinted_samples(grm, items[k:k + 16], max_new_tokens=budget.max_new_tokens,
+                                          seed=args.seed + k)]
+        groups = [g + [h for h in hinted if h.item == i] for i, g in enumerate(groups)]
+    kept, stats = rft_filter(groups)
+    # Every sample with its verdict: the meta RM trains on them, tests check the filter on them.
+    kept_ids = {id(t) for t in kept}
+    with open(out / "rft_samples.jsonl", "w") as f:
+        for group in groups:
+            for t in group:
+                f.write(json.dumps({"item": t.item, "permutation": t.permutation, "text": t.text,
+                                    "scores": t.scores, "correct": t.correct, "hinted": t.hinted,
+                                    "kept": id(t) in kept_ids}) + "\n")
+    if not kept:
+        return {**stats, "steps": 0}
+    examples = [make_example(tokenizer, SPCT_TEMPLATE, items[t.item].item, t.permutation, t.text) for t in kept]
+    rng = random.Random(f"rft-batches:{args.seed}")
+
+    teacher = (teacher_batches(tokenizer, SPCT_TEMPLATE, train, budget.cold_batch, args.seed + 1)
+               if any(it.task is not None or it.judgment is not None for it in train) else None)
+
+    def batches():
+        # One response count per batch (shared prefix), like the cold start. Departure from
+        # the paper: with a teacher, every other batch is teacher judgments. A 3M model's
+        # "correct" samples are often right by luck with wrong evidence; alone they wash
+        # out what the cold start taught (measured: greedy accuracy fell 39% -> 24%).
+        by_n = {}
+        for t, e in zip(kept, examples):
+            by_n.setdefault(len(t.permutation), []).append(e)
+        sizes, weights = zip(*((n, len(g)) for n, g in sorted(by_n.items())))
+        for step in range(1_000_000):
+            if teacher is not None and step % 2:
+                yield next(teacher)
+            else:
+                yield rng.choices(by_n[rng.choices(sizes, weights)[0]], k=budget.cold_batch)
+
+    cfg = SFTConfig(steps=budget.rft_steps, lr=5e-4, warmup=min(10, budget.rft_steps))
+    losses = train_sft(model, batches(), cfg, desc="RFT")
+    return {**stats, "steps": len(losses), "lr": cfg.lr, "teacher_mix": 0.5 if teacher is not None else 0.0,
+            "loss_last": round(sum(losses[-10:]) / len(losses[-10:]), 4)}
+
+
+def rl_stage(model, tokenizer, train, budget, args) -> dict:
+    """GRPO with the +1/-1 rule-based reward and a KL penalty to the RFT model.
+
+    With ``--beta-grid`` each beta of the paper's grid first runs a short RL (a third of
+    the steps) from the same RFT model, judged greedily on the validation split; the
+    best one then runs the full stage.
+    """
+    import copy
+
+    from policy.spct.pipeline import BETA_GRID
+    from policy.spct.rl import RLConfig, train_rl
+    from policy.spct.stage_eval import greedy_eval
+
+    items = _subset(train, 100_000, args.seed, "rl")
+    cfg = RLConfig(steps=budget.rl_steps, prompts_per_step=budget.rl_prompts, beta=args.beta,
+                   max_new_tokens=budget.max_new_tokens, seed=args.seed)
+    grid = []
+    if args.beta_grid and not args.data:
+        from policy.spct.data import items_from_tasks
+        from policy.spct.tasks import generate_tasks
+
+        validation = items_from_tasks(generate_tasks(min(300, budget.eval_items), 0, "validation"))
+        for beta in BETA_GRID:
+            trial = copy.deepcopy(model)
+            short = dataclasses.replace(cfg, beta=beta, steps=max(1, cfg.steps // 3))
+            train_rl(trial, tokenizer, items, short, desc=f"RL grid beta={beta}")
+            grid.append({"beta": beta, "validation_greedy": greedy_eval(trial, tokenizer, validation,
+                                                                        budget.max_new_tokens)})
+            print(f"[spct] beta grid: {grid[-1]}", flush=True)
+        best = max(grid, key=lambda g: (g["validation_greedy"]["accuracy"], g["validation_greedy"]["parse_rate"]))
+        cfg = dataclasses.replace(cfg, beta=best["beta"])
+    return {**train_rl(model, tokenizer, items, cfg), "beta_grid": grid}
+
+
+def meta_rm_stage(model, tokenizer, train, budget, args, out):
+    """BCE on (prompt, judgment) -> correct, from the RFT samples plus the GRM's own samples."""
+    import json
+
+    from grm.prompts import build_judge_content
+    from policy.spct.meta_rm_train import MetaConfig, train_meta_rm
+    from policy.spct.rft import sample_groups
+    from policy.spct.stage_eval import judge_for
+
+    pairs, labels = [], []
+    rft_items = _subset(train, budget.rft_prompts, args.seed, "rft")  # the items rft_samples.jsonl indexes
+    samples = out / "rft_samples.jsonl"
+    rows = [json.loads(line) for line in samples.read_text().splitlines()] if samples.exists() else []
+    fresh_items = _subset(train, budget.meta_prompts, args.seed + 1, "meta")
+    fresh = sample_groups(judge_for(model.eval(), tokenizer), fresh_items, k=4, temperature=0.5,
+                          max_new_tokens=budget.max_new_tokens, seed=args.seed + 7)
+    rows += [{"item": t.item, "permutation": t.permutation, "text": t.text, "scores": t.scores,
+              "correct": t.correct, "hinted": t.hinted, "fresh": True} for g in fresh for t in g]
+    usable = [r for r in rows if r["scores"] is not None and not r["hinted"]] or rows  # invalid never vote
+    for r in usable:
+        item = (fresh_items if r.get("fresh") else rft_items)[r["item"]].item
+        pairs.append((build_judge_content(SPCT_TEMPLATE, item, r["permutation"]), r["text"]))
+        labels.append(int(r["correct"]))
+    return train_meta_rm(model, tokenizer, pairs, labels, MetaConfig(steps=budget.meta_steps, seed=args.seed,
+                                                                           time_limit_s=budget.meta_time_s))

@@ -14,7 +14,7 @@ does with responses) goes through the SentencePiece model and stays plain text.
 
 Example::
 
-    tok = train_tokenizer(texts, "out/tokenizer", vocab_size=2048)
+    tok = train_tokenizer(texts, "out/tokenizer", vocab_size=1024)
     tok("a <|im_end|> b", add_special_tokens=False, split_special_tokens=True).input_ids
     # -> several ordinary pieces, never tok.convert_tokens_to_ids("<|im_end|>")
 """
@@ -35,7 +35,7 @@ IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<pad>"
 MAX_LENGTH = 2048  # the model's context: judge prompts of 2-3 short responses take ~700 tokens
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2048):
+def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 1024):
     """Train a BPE SentencePiece model on ``texts``, save it with its HF files, return the tokenizer."""
     import sentencepiece as spm
 
@@ -48,7 +48,7 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=vocab_size,
         byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=False, split_digits=False, character_coverage=1.0,
+        add_dummy_prefix=False, split_digits=True, character_coverage=1.0,
         unk_id=0, bos_id=1, eos_id=2, pad_id=3, pad_piece=PAD,
         control_symbols=[IM_START, IM_END], max_sentence_length=1 << 16, num_threads=2,
         minloglevel=2)

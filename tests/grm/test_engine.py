@@ -192,3 +192,20 @@ def test_reserved_cache_layer_equals_concatenation():
     assert torch.equal(v, torch.cat([values, *(2 * t for t in new)], dim=2))
     layer.batch_select_indices(torch.tensor([1, 1, 0]))
     assert torch.equal(layer.keys, k[[1, 1, 0]]) and layer.get_seq_length() == 8
+
+
+def test_revision_follows_weights_tokenizer_and_template(tmp_path):
+    from grm.testing import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "m")
+    before = checkpoint_revision(path)
+    assert checkpoint_revision(path) == before
+    config = (path / "tokenizer_config.json").read_text()
+    (path / "tokenizer_config.json").write_text(config.replace("im_start", "im_begin", 1))
+    after_tokenizer = checkpoint_revision(path)
+    assert after_tokenizer != before
+    (path / "grm_template.json").write_text("{}")
+    after_template = checkpoint_revision(path)
+    assert after_template not in (before, after_tokenizer)
+    (path / "notes.txt").write_text("not part of the model")
+    assert checkpoint_revision(path) == after_template

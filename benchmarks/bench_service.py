@@ -1,0 +1,140 @@
+"""The reward service under concurrent load vs the same requests scored one by one in-process.
+
+Builds a random-weight Llama (grm.testing; by default the size of the GRM in DESIGN.md
+section 11: hidden 256, 4 layers) in a temporary folder, starts ``grm serve`` on it as a
+subprocess (a real server on 127.0.0.1:0, cache off), and loads the same checkpoint here.
+With the same options (k, max_new_tokens, temperature 0.5, per-request seeds) it times:
+
+  (a) in-process: ``GenerativeRewardModel.score`` on each of the N requests, one after another;
+  (b) service: the same N requests sent at once through ``AsyncRewardClient`` (one channel),
+      which the server's scheduler micro-batches into shared engine passes.
+
+Every run times (a) then (b) and the script prints the median throughput ratio (a)/(b)
+(target >= 3.0 on the 2-core CPU). It then times single requests alone, alternating
+in-process and service calls, and prints the service's median overhead over an
+in-process call (target <= 10%).
+
+Run::
+
+    python benchmarks/bench_service.py                      # 32 requests, k=4, 3 runs
+    python benchmarks/bench_service.py --model path/to/ckpt --k 8 --max-new-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
+sys.path.append(str(Path(__file__).absolute().parents[1] / "tests" / "services"))
+from grm.judge import GenerativeRewardModel  # noqa: E402
+from grm.testing import build_tiny_model  # noqa: E402
+from grm.types import ScoreInput  # noqa: E402
+from service_helpers import ServeProcess  # noqa: E402
+from services.client import AsyncRewardClient, RewardClient  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="checkpoint to serve (default: build a random one)")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads, here and in the server")
+    p.add_argument("--requests", type=int, default=32, help="concurrent requests per run")
+    p.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up")
+    p.add_argument("--singles", type=int, default=10, help="single requests timed each way")
+    p.add_argument("-k", type=int, default=4, help="judgments per request")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's micro-batch wait")
+    return p.parse_args()
+
+
+def make_requests(n: int) -> list[tuple[ScoreInput, int]]:
+    """N distinct inputs (2-3 responses each), each with its own seed."""
+    return [(ScoreInput(f"Write exactly {i % 7 + 3} words about the number {i}.",
+                        [f"The number {i} is fine.", f"{i} {i} {i}", "I cannot say."][: 2 + i % 2]), i)
+            for i in range(n)]
+
+
+def run_in_process(judge: GenerativeRewardModel, requests, opts: dict) -> float:
+    start = time.perf_counter()
+    for item, seed in requests:
+        judge.score(item.conversation, item.responses, seed=seed, **opts)
+    return time.perf_counter() - start
+
+
+async def run_service(client: AsyncRewardClient, requests, opts: dict) -> float:
+    start = time.perf_counter()
+    replies = await asyncio.gather(*(client.score(item.conversation, item.responses, seed=seed,
+                                                  cache_policy="bypass", **opts) for item, seed in requests))
+    elapsed = time.perf_counter() - start
+    assert len(replies) == len(requests)
+    return elapsed
+
+
+def single_overhead(judge, address: str, opts: dict, n: int) -> tuple[float, float]:
+    """Median seconds of one request alone: (in-process, service)."""
+    item = ScoreInput("Name a prime number and say why it is prime.", ["7, divisible only by 1 and 7.", "9"])
+    local, remote = [], []
+    with RewardClient(address) as client:
+        client.score(item.conversation, item.responses, cache_policy="bypass", **opts)  # warm the channel
+        for seed in range(n):
+            start = time.perf_counter()
+            judge.score(item.conversation, item.responses, seed=seed, **opts)
+            local.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            client.score(item.conversation, item.responses, seed=seed, cache_policy="bypass", **opts)
+            remote.append(time.perf_counter() - start)
+    return statistics.median(local), statistics.median(remote)
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    opts = dict(k=args.k, max_new_tokens=args.max_new_tokens, temperature=0.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.model or build_tiny_model(Path(tmp) / "grm", hidden=args.hidden, layers=args.layers)
+        judge = GenerativeRewardModel.load(str(path))
+        print(f"model {path}: {sum(p.numel() for p in judge.engine.model.parameters()) / 1e6:.1f}M parameters; "
+              f"{args.requests} requests, k={args.k}, max_new_tokens={args.max_new_tokens}, "
+              f"{args.threads} threads", flush=True)
+        server = ServeProcess(path, "--no-cache", "--metrics-port", "-1", "--threads", str(args.threads),
+                              "--max-wait-ms", str(args.max_wait_ms))
+        try:
+            with RewardClient(server.address) as c:
+                c.wait_ready(timeout_s=300)
+            requests = make_requests(args.requests)
+            ratios = asyncio.run(_ratio_runs(judge, server.address, requests, opts, args.runs))
+            local, remote = single_overhead(judge, server.address, opts, args.singles)
+        finally:
+            assert server.stop() == 0, server.output()
+    print(f"median throughput ratio (service, {args.requests} concurrent / in-process, one by one): "
+          f"{statistics.median(ratios):.2f}x  (target >= 3.0)")
+    print(f"single request: in-process {local * 1000:.1f} ms, service {remote * 1000:.1f} ms, "
+          f"overhead {(remote / local - 1) * 100:+.1f}%  (target <= 10%)")
+    return 0
+
+
+async def _ratio_runs(judge, address: str, requests, opts: dict, runs: int) -> list[float]:
+    ratios = []
+    async with AsyncRewardClient(address, timeout_s=600) as client:
+        run_in_process(judge, requests[:2], opts)  # warm-up both ways
+        await run_service(client, requests[:2], opts)
+        for run in range(1, runs + 1):
+            local = run_in_process(judge, requests, opts)
+            remote = await run_service(client, requests, opts)
+            ratios.append(local / remote)
+            print(f"run {run}: in-process {local:.2f} s ({len(requests) / local:.1f} req/s), service "
+                  f"{remote:.2f} s ({len(requests) / remote:.1f} req/s), ratio {local / remote:.2f}x", flush=True)
+    return ratios
+
+
+if __name__ == "__main__":
+    sys.exit(main())
