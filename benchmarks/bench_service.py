@@ -1,9 +1,11 @@
 """The reward service under concurrent load vs the same requests scored one by one in-process.
 
-Builds a random-weight Llama (grm.testing; by default the size of the GRM in DESIGN.md
-section 11: hidden 256, 4 layers) in a temporary folder, starts ``grm serve`` on it as a
-subprocess (a real server on 127.0.0.1:0, cache off), and loads the same checkpoint here.
-With the same options (k, max_new_tokens, temperature 0.5, per-request seeds) it times:
+Builds a random-weight Llama (grm.testing; by default the size of the untrained default
+GRM that ``grm serve`` builds, hidden 64 and 2 layers; ``--hidden 256 --layers 4`` is the
+size of the GRM in DESIGN.md section 11) in a temporary folder, starts ``grm serve`` on it
+as a subprocess (a real server on 127.0.0.1:0, cache off), and loads the same checkpoint
+here. With the same options (k, max_new_tokens, temperature 0.5, per-request seeds) it
+times:
 
   (a) in-process: ``GenerativeRewardModel.score`` on each of the N requests, one after another;
   (b) service: the same N requests sent at once through ``AsyncRewardClient`` (one channel),
@@ -12,11 +14,12 @@ With the same options (k, max_new_tokens, temperature 0.5, per-request seeds) it
 Every run times (a) then (b) and the script prints the median throughput ratio (a)/(b)
 (target >= 3.0 on the 2-core CPU). It then times single requests alone, alternating
 in-process and service calls, and prints the service's median overhead over an
-in-process call (target <= 10%).
+in-process call (target <= 10%). The load average is printed too: other work on the
+machine makes single runs noisy, hence the medians.
 
 Run::
 
-    python benchmarks/bench_service.py                      # 32 requests, k=4, 3 runs
+    python benchmarks/bench_service.py                      # 32 requests, k=4, 128 tokens, 3 runs
     python benchmarks/bench_service.py --model path/to/ckpt --k 8 --max-new-tokens 64
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -44,15 +48,16 @@ from services.client import AsyncRewardClient, RewardClient  # noqa: E402
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="checkpoint to serve (default: build a random one)")
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads, here and in the server")
     p.add_argument("--requests", type=int, default=32, help="concurrent requests per run")
     p.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up")
     p.add_argument("--singles", type=int, default=10, help="single requests timed each way")
     p.add_argument("-k", type=int, default=4, help="judgments per request")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's micro-batch wait")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-wait-ms", type=float, default=20.0, help="the server's micro-batching gap")
+    p.add_argument("--max-linger-ms", type=float, default=200.0, help="the server's micro-batching cap")
     return p.parse_args()
 
 
@@ -104,9 +109,9 @@ def main() -> int:
         judge = GenerativeRewardModel.load(str(path))
         print(f"model {path}: {sum(p.numel() for p in judge.engine.model.parameters()) / 1e6:.1f}M parameters; "
               f"{args.requests} requests, k={args.k}, max_new_tokens={args.max_new_tokens}, "
-              f"{args.threads} threads", flush=True)
+              f"{args.threads} threads; load average {os.getloadavg()[0]:.1f}", flush=True)
         server = ServeProcess(path, "--no-cache", "--metrics-port", "-1", "--threads", str(args.threads),
-                              "--max-wait-ms", str(args.max_wait_ms))
+                              "--max-wait-ms", str(args.max_wait_ms), "--max-linger-ms", str(args.max_linger_ms))
         try:
             with RewardClient(server.address) as c:
                 c.wait_ready(timeout_s=300)
@@ -119,6 +124,7 @@ def main() -> int:
           f"{statistics.median(ratios):.2f}x  (target >= 3.0)")
     print(f"single request: in-process {local * 1000:.1f} ms, service {remote * 1000:.1f} ms, "
           f"overhead {(remote / local - 1) * 100:+.1f}%  (target <= 10%)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
     return 0
 
 

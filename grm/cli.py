@@ -124,6 +124,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def cmd_spct(args: argparse.Namespace) -> int:
+    from policy.spct.pipeline import run
+
+    return run(args)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """The service's info with --target; else load the model here and describe it."""
     if args.target:
@@ -172,7 +178,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent-rpcs", type=int, default=256,
                    help="calls in progress before RESOURCE_EXHAUSTED (default 256)")
     p.add_argument("--max-queue", type=int, default=1024, help="inputs waiting for the engine (default 1024)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
+    p.add_argument("--max-wait-ms", type=float, default=20.0,
                    help="micro-batching: longest gap between announced inputs the engine waits out (ms)")
     p.add_argument("--max-linger-ms", type=float, default=200.0,
                    help="micro-batching: longest total wait for announced inputs (ms)")
@@ -207,11 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     from grm.eval_cli import add_eval_args  # argparse only; the work is imported by cmd_eval
 
     add_eval_args(sub.add_parser("eval", help="accuracy@k of the GRM on labelled preference data"))
+    from policy.spct.args import add_arguments as add_spct_args  # argparse only
+
+    add_spct_args(sub.add_parser("spct", help="train a GRM with SPCT (cold start, RFT, online RL, meta RM)"))
     return parser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "score": cmd_score, "serve": cmd_serve, "demo": cmd_demo, "info": cmd_info, "eval": cmd_eval}
+    "score": cmd_score, "serve": cmd_serve, "demo": cmd_demo, "info": cmd_info, "eval": cmd_eval,
+    "spct": cmd_spct}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,8 +92,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(message, flush=True)
 
-    return asyncio.run(run_until_signal(_loader(args), f"{args.host}:{args.port}", config,
-                                        _cache_factory(args), say))
+    try:
+        return asyncio.run(run_until_signal(_loader(args), f"{args.host}:{args.port}", config,
+                                            _cache_factory(args), say))
+    except OSError as e:
+        raise SystemExit(f"grm serve: {e}")
 
 
 def score_remote(args: argparse.Namespace, item: ScoreInput) -> int:

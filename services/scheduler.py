@@ -60,7 +60,7 @@ class SchedulerClosed(Exception):
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_wait_ms: float = 5.0  # longest gap between announced arrivals the worker waits out
+    max_wait_ms: float = 20.0  # longest gap between announced arrivals the worker waits out
     max_linger_ms: float = 200.0  # longest total wait for announced work before a pass starts
     max_batch_tokens: int = 1 << 20  # sum over sequences of (prompt + max_new_tokens) tokens
     max_batch_sequences: int = 512  # sampled sequences (k per input) per engine pass

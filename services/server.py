@@ -154,9 +154,12 @@ async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:  # grpc's way of saying the address is taken or invalid
+        raise OSError(f"could not bind {address}: {e}") from None
     if port == 0:
-        raise RuntimeError(f"could not bind {address}")
+        raise OSError(f"could not bind {address}")
     await server.start()
     metrics_port = None
     if config.metrics_port is not None:

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from grm.judge import save_template
+from policy.spct.args import add_arguments
 from policy.spct.data import SPCT_TEMPLATE, items_from_tasks, load_preference_data
 from policy.spct.model import ModelSize, build_model, load_base
 from policy.spct.tasks import generate_tasks
@@ -68,8 +69,8 @@ FULL = Budget(ModelSize(), train_tasks=20000, cold_steps=1800, cold_batch=32, co
               rft_prompts=480, rft_steps=80, rl_steps=40, rl_prompts=8, meta_prompts=320,
               meta_steps=600, meta_time_s=360, eval_items=500)
 QUICK = Budget(ModelSize(hidden=64, layers=2, heads=2, intermediate=128), train_tasks=200,
-               cold_steps=8, cold_batch=8, cold_time_s=20, rft_prompts=6, rft_steps=3, rl_steps=2,
-               rl_prompts=2, meta_prompts=3, meta_steps=3, eval_items=6, max_new_tokens=200)
+               cold_steps=8, cold_batch=8, cold_time_s=20, rft_prompts=12, rft_steps=3, rl_steps=2,
+               rl_prompts=4, meta_prompts=3, meta_steps=3, eval_items=6, max_new_tokens=200)
 BETA_GRID = (0.0, 0.01, 0.02, 0.08)  # the paper's grid for the KL coefficient
 
 
@@ -77,23 +78,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="grm spct", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     return p.parse_args(argv)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder: one checkpoint per stage, report.json")
-    p.add_argument("--quick", action="store_true", help="a tiny model and tiny budgets (< 2 min; for tests)")
-    p.add_argument("--base-model", help="start from this causal LM (local path or hub id) instead of nothing")
-    p.add_argument("--data", help="JSONL preference data instead of the synthetic tasks")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--beta", type=float, default=0.0,
-                   help="KL coefficient of the online RL stage (default 0: our grid's choice, see MODEL_CARD.md)")
-    p.add_argument("--beta-grid", action="store_true",
-                   help="pick beta from {0, 0.01, 0.02, 0.08} by short RL runs judged on the validation split")
-    p.add_argument("--hinted", action="store_true", help="RFT: one extra hinted sample per prompt")
-    p.add_argument("--resume", action="store_true", help="reuse stage checkpoints already in --out")
-    p.add_argument("--stop-after", choices=["tokenizer", "cold_start", "rft", "rl", "meta_rm"],
-                   help="stop after this stage")
 
 
 def main(argv=None) -> int:
@@ -127,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     sp_model = None
     if args.base_model:
         model, tokenizer = load_base(args.base_model, device=str(device))
+        sp_model = Path(args.base_model) / "tokenizer.model"  # kept beside every stage, when it exists
     else:
         tokenizer = _tokenizer_stage(out, train, args)
         sp_model = out / "tokenizer" / "tokenizer.model"

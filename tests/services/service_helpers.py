@@ -33,11 +33,21 @@ class ServeProcess:
 
         cmd = [sys.executable, "-m", "grm.cli", "serve", "--model", str(model_path), "--port", "0",
                "--threads", "2", "--default-k", "2", "--default-max-new-tokens", "16", *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # stdout carries the parseable lines; stderr (progress, logs) is kept apart so the
+        # two streams can never interleave inside one line.
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
+        self.errors: list[str] = []
         self._queue: queue.Queue = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()  # keeps the pipe drained
+        self._pumps = [threading.Thread(target=self._pump, daemon=True),  # keep the pipes drained
+                       threading.Thread(target=self._pump_stderr, daemon=True)]
+        for t in self._pumps:
+            t.start()
         self.address = self.wait_for_line("serving on ", timeout_s).split("serving on ", 1)[1].split()[0]
+
+    def _pump_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.errors.append(line.rstrip("\n"))
 
     def _pump(self) -> None:
         for line in self.proc.stdout:
@@ -59,19 +69,26 @@ class ServeProcess:
                 line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 raise TimeoutError(f"no line {prefix!r} within {timeout_s} s; output so far:\n"
-                                   + "\n".join(self.lines)) from None
+                                   + self.output()) from None
             if line is None:
                 raise RuntimeError(f"grm serve exited ({self.proc.wait()}) before {prefix!r}:\n"
-                                   + "\n".join(self.lines))
+                                   + self.output())
             if line.startswith(prefix):
                 return line.rstrip("\n")
 
     def output(self) -> str:
-        return "\n".join(self.lines)
+        return "\n".join(self.lines) + "\n--- stderr ---\n" + "\n".join(self.errors[-50:])
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        """The exit code, once the process has ended and all its output has been read."""
+        code = self.proc.wait(timeout_s)
+        for t in self._pumps:
+            t.join(10)
+        return code
 
     def stop(self, timeout_s: float = 60.0) -> int:
         import signal
 
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
+        return self.wait(timeout_s)

@@ -74,5 +74,5 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_zero(tiny_mod
     assert not errors, errors
     assert len(finished) == 16
     assert max(finished.values()) > refused_at > sigterm_at  # in flight across the shutdown, and completed
-    assert proc.proc.wait(60) == 0, proc.output()
+    assert proc.wait(60) == 0, proc.output()
     assert "shutting down" in proc.output() and proc.lines[-1] == "stopped"
