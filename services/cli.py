@@ -87,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = server_config(args)
     except ValueError as e:
-        raise SystemExit(f"grm serve: {e}")
+        raise SystemExit(f"grm serve: {e}") from None
 
     def say(message: str) -> None:
         print(message, flush=True)
@@ -96,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return asyncio.run(run_until_signal(_loader(args), f"{args.host}:{args.port}", config,
                                             _cache_factory(args), say))
     except OSError as e:
-        raise SystemExit(f"grm serve: {e}")
+        raise SystemExit(f"grm serve: {e}") from None
 
 
 def score_remote(args: argparse.Namespace, item: ScoreInput) -> int:

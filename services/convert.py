@@ -65,7 +65,7 @@ def result_to_proto(result: ScoreResult, *, from_cache: bool = False, latency_ms
                          from_cache=from_cache, prompt_tokens=result.prompt_tokens,
                          completion_tokens=result.completion_tokens, latency_ms=latency_ms)
     for reward, vote_sum, spread in zip(result.rewards, result.vote_sums, result.spread):
-        score = msg.scores.add(scored=reward is not None, vote_sum=int(vote_sum))
+        score = msg.responses.add(scored=reward is not None, vote_sum=int(vote_sum))
         if reward is not None:
             score.reward = float(reward)
         if spread is not None:
@@ -82,9 +82,9 @@ def result_to_proto(result: ScoreResult, *, from_cache: bool = False, latency_ms
 def result_from_proto(msg: pb.ScoreResult) -> ScoreResult:
     """A ``grm.types.ScoreResult``; its ``judgments`` are empty unless the server sent them."""
     return ScoreResult(
-        rewards=tuple(s.reward if s.scored else None for s in msg.scores),
-        vote_sums=tuple(s.vote_sum for s in msg.scores),
-        spread=tuple(s.spread if s.scored and s.HasField("spread") else None for s in msg.scores),
+        rewards=tuple(s.reward if s.scored else None for s in msg.responses),
+        vote_sums=tuple(s.vote_sum for s in msg.responses),
+        spread=tuple(s.spread if s.scored and s.HasField("spread") else None for s in msg.responses),
         num_valid=msg.num_valid, num_used=msg.num_used,
         best=msg.best if msg.HasField("best") else None,
         judgments=tuple(judgment_from_proto(j) for j in msg.judgments),

@@ -27,7 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from grm.judge import GenerativeRewardModel, InputTooLong, Plan
-from grm.types import ScoreResult
+from grm.types import SamplingOptions, ScoreResult
 from services.cache import DEFAULT_PREFIX, Singleflight, cache_key
 from services.convert import CachePolicy, result_to_proto, sampling_to_proto
 from services.metrics import ServiceMetrics
@@ -75,7 +75,7 @@ def _tolerant(message_type) -> Callable[[bytes], object]:
 class RewardServicer:
     """Holds the serving state; ``handler()`` exposes it to a grpc.aio server."""
 
-    def __init__(self, limits: Limits, defaults, metrics: ServiceMetrics, cache=None,
+    def __init__(self, limits: Limits, defaults: SamplingOptions, metrics: ServiceMetrics, cache=None,
                  cache_prefix: str = DEFAULT_PREFIX, server_version: str = ""):
         self.limits, self.defaults, self.metrics = limits, defaults, metrics
         self.cache, self.cache_prefix, self.server_version = cache, cache_prefix, server_version

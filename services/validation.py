@@ -110,7 +110,8 @@ def parse_input(msg: pb.ScoreInput, limits: Limits, where: str) -> ScoreInput:
         raise ValidationError(f"{where}.conversation", f"must hold 1..{limits.max_messages} messages, got {len(conv)}")
     for i, m in enumerate(conv):
         if m.role not in ROLES:
-            raise ValidationError(f"{where}.conversation[{i}].role", f"must be one of {', '.join(ROLES)}, got {m.role!r}")
+            raise ValidationError(f"{where}.conversation[{i}].role",
+                                  f"must be one of {', '.join(ROLES)}, got {m.role!r}")
         if not m.content:
             raise ValidationError(f"{where}.conversation[{i}].content", "must not be empty")
         _check_text(m.content, f"{where}.conversation[{i}].content", limits)

@@ -1,6 +1,13 @@
-"""Self-Principled Critique Tuning (SPCT) for the GRM itself.
+"""Self-Principled Critique Tuning (SPCT) for the GRM itself (Liu et al. 2025, arXiv 2504.02495).
 
-``tasks`` generates verifiable judging tasks with exact ground truth, ``teacher`` writes
-correct judgments for them (the cold-start data) and holds the rejection rule that both
-rejective fine-tuning and the rule-based online RL reward use.
+``grm spct`` (``pipeline``) trains a GRM from nothing or from any causal LM:
+
+- ``tasks``: verifiable judging tasks with exact ground truth; ``teacher``: correct
+  evidence-first judgments and the rejection rule; ``data``: labelled items (tasks or a
+  JSONL preference file) and token examples;
+- ``tokenizer``: the SentencePiece tokenizer; ``model``: the starting model;
+- ``sft`` (cold start, RFT fine-tuning), ``rft`` (rejective sampling and filter), ``rl``
+  (GRPO on the +1/-1 rule reward), ``meta_rm_train`` (the meta RM), ``stages`` (how the
+  pipeline calls them), ``stage_eval`` (greedy checks), ``kl_grid`` and ``card_figures``
+  (the model card's experiments).
 """

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from grm.prompts import build_judge_content, encode_prompt
 from grm.templates import JudgeTemplate, load_template
 from grm.types import ScoreInput
 from policy.spct.tasks import Task
 from policy.spct.teacher import judgment_is_correct, teacher_judgment
-
 
 # The template every stage renders prompts with, stored beside every checkpoint
 # (grm.judge.save_template) so the judge serves the model with the text it learned.

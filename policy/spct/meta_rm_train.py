@@ -20,8 +20,8 @@ from __future__ import annotations
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -35,7 +35,11 @@ class ModelSize:
 
 def build_model(tokenizer, size: ModelSize = ModelSize(), seed: int = 0, num_labels: int | None = None):
     """A random-weight Llama causal LM (or, with ``num_labels``, a sequence classifier)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        LlamaConfig,
+    )
 
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=size.intermediate,

@@ -1,6 +1,6 @@
 """``grm spct``: train a GRM with SPCT from nothing (or from any causal LM) in one command.
 
-    grm spct --out runs/spct                       # ~60 min on 2 CPU cores, our synthetic tasks
+    grm spct --out runs/spct                       # ~55 min on 2 idle CPU cores (estimated), synthetic tasks
     grm spct --out /tmp/q --quick                  # < 2 min: a tiny model, every stage, for tests
     grm spct --out runs/x --base-model Qwen/Qwen2.5-0.5B-Instruct --data prefs.jsonl --device cuda
 
@@ -63,14 +63,15 @@ class Budget:
     eval_items: int  # held-out test items for the per-stage greedy check
     max_new_tokens: int = 256
     meta_time_s: float | None = None  # like cold_time_s, for the meta RM
+    meta_batch: int = 16
 
 
 FULL = Budget(ModelSize(), train_tasks=20000, cold_steps=1800, cold_batch=32, cold_time_s=1800,
               rft_prompts=480, rft_steps=80, rl_steps=40, rl_prompts=8, meta_prompts=320,
               meta_steps=600, meta_time_s=360, eval_items=500)
 QUICK = Budget(ModelSize(hidden=64, layers=2, heads=2, intermediate=128), train_tasks=200,
-               cold_steps=8, cold_batch=8, cold_time_s=20, rft_prompts=12, rft_steps=3, rl_steps=2,
-               rl_prompts=4, meta_prompts=3, meta_steps=3, eval_items=6, max_new_tokens=200)
+               cold_steps=6, cold_batch=4, cold_time_s=10, rft_prompts=8, rft_steps=2, rl_steps=2,
+               rl_prompts=3, meta_prompts=2, meta_steps=2, eval_items=4, max_new_tokens=192, meta_batch=4)
 BETA_GRID = (0.0, 0.01, 0.02, 0.08)  # the paper's grid for the KL coefficient
 
 

@@ -16,8 +16,8 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from grm.engine import GenerationRequest
 from grm.parsing import parse_judgment, unshuffle

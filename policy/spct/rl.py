@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -123,7 +123,10 @@ def train_rl(model, tokenizer, items: Sequence[LabeledItem], cfg: RLConfig, desc
                         kl=f"{stats['kl']:.4f}")
     model.eval()
     half = max(1, len(history) // 2)
-    mean = lambda rows, key: round(sum(h[key] for h in rows) / max(1, len(rows)), 4)  # noqa: E731
+
+    def mean(rows, key):
+        return round(sum(h[key] for h in rows) / max(1, len(rows)), 4)
+
     return {"steps": len(history), "beta": cfg.beta, "lr": cfg.lr, "group_size": GROUP_SIZE,
             "prompts_per_step": cfg.prompts_per_step,
             "reward_first_half": mean(history[:half], "reward"), "reward_second_half": mean(history[half:], "reward"),

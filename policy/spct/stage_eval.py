@@ -14,7 +14,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from grm.judge import GenerativeRewardModel
 from grm.transformers_engine import TransformersEngine

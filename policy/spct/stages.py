@@ -144,4 +144,5 @@ def meta_rm_stage(model, tokenizer, train, budget, args, out):
         pairs.append((build_judge_content(SPCT_TEMPLATE, item, r["permutation"]), r["text"]))
         labels.append(int(r["correct"]))
     return train_meta_rm(model, tokenizer, pairs, labels, MetaConfig(steps=budget.meta_steps, seed=args.seed,
+                                                                           batch_size=budget.meta_batch,
                                                                            time_limit_s=budget.meta_time_s))

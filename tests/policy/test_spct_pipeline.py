@@ -97,3 +97,19 @@ def test_from_nothing_through_the_cold_start(tmp_path):
     assert (tmp_path / "tokenizer" / "tokenizer.model").is_file()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "cold_start")
     assert model.config.model_type == "llama" and model.config.hidden_size == 64
+
+
+def test_preference_data_without_judgments_skips_the_cold_start(tmp_path):
+    from policy.spct.tasks import generate_tasks
+
+    data = tmp_path / "prefs.jsonl"
+    with open(data, "w") as f:
+        for t in generate_tasks(60, seed=9, split="train"):
+            f.write(json.dumps({"prompt": t.query, "chosen": t.responses[t.best],
+                                "rejected": t.responses[1 - t.best]}) + "\n")
+    out = tmp_path / "run"
+    assert main(["--out", str(out), "--quick", "--data", str(data), "--base-model", str(PACKAGED),
+                 "--stop-after", "rft"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["cold_start"] == {"skipped": True} and not (out / "cold_start").exists()
+    assert report["rft"]["samples"] == 3 * report["rft"]["prompts"] and (out / "rft" / "config.json").exists()

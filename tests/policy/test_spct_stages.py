@@ -9,8 +9,16 @@ import torch
 from grm.prompts import build_judge_content, encode_prompt
 from grm.testing import build_tokenizer, tiny_config
 from grm.types import ScoreInput
-from policy.spct.data import (SPCT_TEMPLATE, Example, LabeledItem, is_correct, items_from_tasks,
-                              load_preference_data, make_example, teacher_batches)
+from policy.spct.data import (
+    SPCT_TEMPLATE,
+    Example,
+    LabeledItem,
+    is_correct,
+    items_from_tasks,
+    load_preference_data,
+    make_example,
+    teacher_batches,
+)
 from policy.spct.rft import Trajectory, rft_filter
 from policy.spct.sft import SFTConfig, batch_logprobs, lr_at
 from policy.spct.tasks import generate_tasks

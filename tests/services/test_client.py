@@ -13,6 +13,7 @@ from concurrent import futures
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service_helpers import CONFIG, FAST, QUERY, RESPONSES
 from services.client import AsyncRewardClient, RetryPolicy, RewardClient
@@ -42,7 +43,7 @@ class Scripted:
         if code is not None:
             context.abort(code, f"scripted {code.name}")
         return pb.ScoreResponse(result=pb.ScoreResult(
-            scores=[pb.ResponseScore(scored=True, reward=7.5, vote_sum=15, spread=0.5),
+            responses=[pb.ResponseScore(scored=True, reward=7.5, vote_sum=15, spread=0.5),
                     pb.ResponseScore(scored=False, vote_sum=0)],
             num_samples=2, num_valid=2, num_used=2, best=0))
 
@@ -128,6 +129,10 @@ def test_a_loading_server_answers_unavailable_and_a_retrying_client_waits(judge)
             with pytest.raises(grpc.RpcError) as err:
                 client.score(QUERY, RESPONSES, **FAST)
             assert err.value.code() == Code.UNAVAILABLE and "loading" in err.value.details()
+            health = health_pb2_grpc.HealthStub(client._channel)
+            for service in ("", "grm.v1.RewardService"):
+                status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+                assert status == health_pb2.HealthCheckResponse.NOT_SERVING
         patient = RetryPolicy(max_attempts=30, initial_backoff_s=0.1, max_backoff_s=0.3)
         with RewardClient(bg.address, timeout_s=30, retry=patient) as client:
             assert len(client.score(QUERY, RESPONSES, **FAST).result.rewards) == 2

@@ -158,3 +158,12 @@ def test_subprocess_metrics_line(serve_process):
     assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     assert "grm_requests_total" in text
+
+
+def test_receive_limit_is_raised_above_grpc_default(serve_process):
+    """A 5 MiB request (gRPC's default limit is 4 MiB) reaches validation on a default server."""
+    with RewardClient(serve_process.address, timeout_s=60, retry=RetryPolicy(max_attempts=1)) as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.score(QUERY, ["x" * (5 << 20)], **FAST)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("input.responses[0] must be at most 200000 characters")

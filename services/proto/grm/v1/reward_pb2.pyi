@@ -160,7 +160,7 @@ class Judgment(_message.Message):
     def __init__(self, principles: _Optional[str] = ..., critique: _Optional[str] = ..., scores: _Optional[_Iterable[int]] = ..., permutation: _Optional[_Iterable[int]] = ..., valid: _Optional[bool] = ..., invalid_reason: _Optional[str] = ..., meta_score: _Optional[float] = ..., text: _Optional[str] = ..., num_tokens: _Optional[int] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("scores", "num_samples", "num_valid", "num_used", "best", "aggregation", "invalid_reasons", "judgments", "from_cache", "prompt_tokens", "completion_tokens", "latency_ms")
+    __slots__ = ("responses", "num_samples", "num_valid", "num_used", "best", "aggregation", "invalid_reasons", "judgments", "from_cache", "prompt_tokens", "completion_tokens", "latency_ms")
     class InvalidReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -168,7 +168,7 @@ class ScoreResult(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
-    SCORES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_VALID_FIELD_NUMBER: _ClassVar[int]
     NUM_USED_FIELD_NUMBER: _ClassVar[int]
@@ -180,7 +180,7 @@ class ScoreResult(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
-    scores: _containers.RepeatedCompositeFieldContainer[ResponseScore]
+    responses: _containers.RepeatedCompositeFieldContainer[ResponseScore]
     num_samples: int
     num_valid: int
     num_used: int
@@ -192,7 +192,7 @@ class ScoreResult(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float
-    def __init__(self, scores: _Optional[_Iterable[_Union[ResponseScore, _Mapping]]] = ..., num_samples: _Optional[int] = ..., num_valid: _Optional[int] = ..., num_used: _Optional[int] = ..., best: _Optional[int] = ..., aggregation: _Optional[_Union[AggregationMethod, str]] = ..., invalid_reasons: _Optional[_Mapping[str, int]] = ..., judgments: _Optional[_Iterable[_Union[Judgment, _Mapping]]] = ..., from_cache: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    def __init__(self, responses: _Optional[_Iterable[_Union[ResponseScore, _Mapping]]] = ..., num_samples: _Optional[int] = ..., num_valid: _Optional[int] = ..., num_used: _Optional[int] = ..., best: _Optional[int] = ..., aggregation: _Optional[_Union[AggregationMethod, str]] = ..., invalid_reasons: _Optional[_Mapping[str, int]] = ..., judgments: _Optional[_Iterable[_Union[Judgment, _Mapping]]] = ..., from_cache: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()

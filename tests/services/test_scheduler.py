@@ -1,0 +1,113 @@
+"""The micro-batching scheduler on the real tiny judge: batching, isolation, deadlines, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from grm.types import SamplingOptions, ScoreInput
+from services.metrics import ServiceMetrics
+from services.scheduler import DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, SchedulerConfig
+
+SAMPLING = SamplingOptions(k=2, max_new_tokens=8)
+
+
+def plans(judge, n: int):
+    return [judge.plan(ScoreInput(f"Question {i}?", ["yes", "no"]), SAMPLING) for i in range(n)]
+
+
+def passes(metrics: ServiceMetrics) -> tuple[float, float]:
+    """(engine passes, inputs run)."""
+    return metrics.value("grm_batch_size_count"), metrics.value("grm_batch_size_sum")
+
+
+def test_a_failing_plan_fails_only_its_own_future(judge):
+    good = plans(judge, 3)
+    prompt = good[1].prompts[0]
+    too_long = dataclasses.replace(prompt, ids=prompt.ids * 5)  # beyond the 4,096-token context
+    bad = dataclasses.replace(good[1], prompts=(too_long,))
+    metrics = ServiceMetrics()
+    scheduler = Scheduler(judge.run_plans, SchedulerConfig(max_wait_ms=200), metrics).start()
+
+    async def main():
+        ticket = scheduler.expect(3)
+        futures = [scheduler.submit(p, ticket=ticket) for p in (good[0], bad, good[2])]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    try:
+        outs = asyncio.run(main())
+    finally:
+        scheduler.close()
+    assert isinstance(outs[1], ValueError) and "max_context" in str(outs[1])
+    assert [len(outs[i].judgments) for i in (0, 2)] == [2, 2]
+    assert passes(metrics) == (4, 6)  # one pass of 3 that raised, then each input alone
+
+
+def test_announced_work_shares_a_pass_and_a_lone_request_does_not_wait(judge):
+    first, second = plans(judge, 2)
+    metrics = ServiceMetrics()
+    scheduler = Scheduler(judge.run_plans, SchedulerConfig(max_wait_ms=500, max_linger_ms=2000), metrics).start()
+
+    async def announced():
+        ticket = scheduler.expect(2)
+        a = scheduler.submit(first, ticket=ticket)
+        await asyncio.sleep(0.1)  # the second input is still being prepared
+        b = scheduler.submit(second, ticket=ticket)
+        return await asyncio.gather(a, b)
+
+    async def lone():
+        start = time.monotonic()
+        await scheduler.submit(first)
+        return time.monotonic() - start
+
+    try:
+        asyncio.run(announced())
+        assert passes(metrics) == (1, 2)
+        assert asyncio.run(lone()) < 0.5  # nothing announced: no wait for company
+    finally:
+        scheduler.close()
+
+
+def test_expired_inputs_are_dropped_unrun(judge):
+    [plan] = plans(judge, 1)
+    metrics = ServiceMetrics()
+    scheduler = Scheduler(judge.run_plans, SchedulerConfig(), metrics).start()
+
+    async def main():
+        return await scheduler.submit(plan, deadline=time.monotonic() - 1)
+
+    try:
+        with pytest.raises(DeadlineExpired):
+            asyncio.run(main())
+    finally:
+        scheduler.close()
+    assert passes(metrics) == (0, 0) and metrics.value("grm_dropped_total", reason="deadline") == 1
+
+
+def test_queue_is_bounded_and_closing_refuses_new_work(judge):
+    [plan] = plans(judge, 1)
+    scheduler = Scheduler(judge.run_plans, SchedulerConfig(max_queue=1))  # not started: nothing drains
+
+    async def main():
+        scheduler.submit(plan)
+        with pytest.raises(QueueFull, match="1 inputs waiting"):
+            scheduler.submit(plan)
+
+    asyncio.run(main())
+    scheduler.close()
+    with pytest.raises(SchedulerClosed):
+        asyncio.run(_submit(scheduler, plan))
+
+
+async def _submit(scheduler, plan):
+    return scheduler.submit(plan)
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="SchedulerConfig.max_queue must be >= 1, got 0"):
+        SchedulerConfig(max_queue=0)
+    with pytest.raises(ValueError, match="max_wait_ms must be in 0..10000"):
+        SchedulerConfig(max_wait_ms=-1)
