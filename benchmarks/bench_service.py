@@ -19,7 +19,7 @@ machine makes single runs noisy, hence the medians.
 
 Run::
 
-    python benchmarks/bench_service.py                      # 32 requests, k=4, 128 tokens, 3 runs
+    python benchmarks/bench_service.py                      # 32 requests, k=4, 128 tokens, 3 runs, 1 thread
     python benchmarks/bench_service.py --model path/to/ckpt --k 8 --max-new-tokens 64
 """
 
@@ -50,7 +50,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", help="checkpoint to serve (default: build a random one)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads, here and in the server")
+    # One torch thread each side by default: on 2 shared cores the second one serves gRPC,
+    # tokenization and the client, and 2-thread OpenMP slows down erratically (up to 10x
+    # here) whenever another process takes a core, which would make the ratio meaningless.
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, here and in the server")
     p.add_argument("--requests", type=int, default=32, help="concurrent requests per run")
     p.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up")
     p.add_argument("--singles", type=int, default=10, help="single requests timed each way")

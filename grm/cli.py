@@ -157,7 +157,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--template", help="judge template name or JSON path (default: the checkpoint's own)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: CPUs - 1, leaving a core to gRPC and tokenization)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
     p.add_argument("--metrics-port", type=int, default=0,
@@ -203,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(demo)
     demo.add_argument("--template", help=argparse.SUPPRESS)
     demo.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: CPUs - 1)")
     demo.add_argument("-k", type=int, default=4, help="judgments sampled (default 4)")
-    demo.add_argument("--max-new-tokens", type=int, default=128, help="tokens per judgment (default 128)")
+    demo.add_argument("--max-new-tokens", type=int, default=320, help="tokens per judgment (default 320)")
     demo.add_argument("--seed", type=int, default=0)
     info = sub.add_parser("info", help="describe a running service (--target) or a model")
     add_model_args(info)

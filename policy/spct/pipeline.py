@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     budget = QUICK if args.quick else FULL
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # The quick run's batches are tiny: one thread loses little, and it does not stall in
+    # OpenMP barriers when the CPU is shared (measured here: 3-10x slower with 2 threads
+    # on a loaded 2-core machine).
+    torch.set_num_threads(1 if args.quick else max(1, os.cpu_count() or 1))
     report = _load_json(out / "report.json") if args.resume else {}
     report["args"] = {k: v for k, v in vars(args).items() if k != "func"}
     report["budget"] = dataclasses.asdict(budget)

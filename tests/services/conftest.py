@@ -8,16 +8,14 @@ grpc.aio server on 127.0.0.1:0 with an in-memory cache, run on its own event loo
 from __future__ import annotations
 
 import pytest
-import torch
 
 from grm.judge import GenerativeRewardModel
 from grm.testing import build_tiny_model
 from service_helpers import CONFIG
 from services.cache import MemoryCache
+from services.cli import set_threads
 from services.client import RetryPolicy, RewardClient
 from services.server import BackgroundServer
-
-torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +25,8 @@ def tiny_model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def judge(tiny_model_path) -> GenerativeRewardModel:
-    """The server's judge."""
+    """The server's judge. Torch gets CPUs - 1 threads, as under ``grm serve`` (see set_threads)."""
+    set_threads(0)
     return GenerativeRewardModel.load(str(tiny_model_path))
 
 
