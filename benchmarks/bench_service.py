@@ -1,11 +1,10 @@
 """The reward service under concurrent load vs the same requests scored one by one in-process.
 
-Builds a random-weight Llama (grm.testing; by default the size of the untrained default
-GRM that ``grm serve`` builds, hidden 64 and 2 layers; ``--hidden 256 --layers 4`` is the
-size of the GRM in DESIGN.md section 11) in a temporary folder, starts ``grm serve`` on it
-as a subprocess (a real server on 127.0.0.1:0, cache off), and loads the same checkpoint
-here. With the same options (k, max_new_tokens, temperature 0.5, per-request seeds) it
-times:
+Takes the GRM that ``grm serve`` uses by default (the bundled trained checkpoint; with
+``--random``, or when none is bundled, a random-weight Llama built by grm.testing with
+``--hidden``/``--layers``), starts ``grm serve`` on it as a subprocess (a real server on
+127.0.0.1:0, cache off), and loads the same checkpoint here. With the same options (k,
+max_new_tokens, temperature 0.5, per-request seeds) it times:
 
   (a) in-process: ``GenerativeRewardModel.score`` on each of the N requests, one after another;
   (b) service: the same N requests sent at once through ``AsyncRewardClient`` (one channel),
@@ -19,8 +18,9 @@ machine makes single runs noisy, hence the medians.
 
 Run::
 
-    python benchmarks/bench_service.py                      # 32 requests, k=4, 128 tokens, 3 runs, 1 thread
-    python benchmarks/bench_service.py --model path/to/ckpt --k 8 --max-new-tokens 64
+    python benchmarks/bench_service.py                      # bundled GRM, 32 requests, k=4, 3 runs
+    python benchmarks/bench_service.py --random --max-new-tokens 128   # a random tiny model
+    python benchmarks/bench_service.py --model path/to/ckpt -k 8 --max-new-tokens 256
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import torch
 
 sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
 sys.path.append(str(Path(__file__).absolute().parents[1] / "tests" / "services"))
+from grm.default_model import PACKAGED  # noqa: E402
 from grm.judge import GenerativeRewardModel  # noqa: E402
 from grm.testing import build_tiny_model  # noqa: E402
 from grm.types import ScoreInput  # noqa: E402
@@ -47,9 +48,10 @@ from services.client import AsyncRewardClient, RewardClient  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="checkpoint to serve (default: build a random one)")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--model", help="checkpoint to serve (default: the bundled GRM)")
+    p.add_argument("--random", action="store_true", help="build a random-weight model instead")
+    p.add_argument("--hidden", type=int, default=64, help="with --random")
+    p.add_argument("--layers", type=int, default=2, help="with --random")
     # One torch thread each side by default: on 2 shared cores the second one serves gRPC,
     # tokenization and the client, and 2-thread OpenMP slows down erratically (up to 10x
     # here) whenever another process takes a core, which would make the ratio meaningless.
@@ -58,16 +60,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up")
     p.add_argument("--singles", type=int, default=10, help="single requests timed each way")
     p.add_argument("-k", type=int, default=4, help="judgments per request")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=320, help="the bundled GRM stops by itself near 120")
     p.add_argument("--max-wait-ms", type=float, default=20.0, help="the server's micro-batching gap")
     p.add_argument("--max-linger-ms", type=float, default=200.0, help="the server's micro-batching cap")
     return p.parse_args()
 
 
 def make_requests(n: int) -> list[tuple[ScoreInput, int]]:
-    """N distinct inputs (2-3 responses each), each with its own seed."""
-    return [(ScoreInput(f"Write exactly {i % 7 + 3} words about the number {i}.",
-                        [f"The number {i} is fine.", f"{i} {i} {i}", "I cannot say."][: 2 + i % 2]), i)
+    """N distinct inputs like the bundled GRM's tasks (2-3 responses each), each with its own seed."""
+    return [(ScoreInput(f"Write exactly {i % 7 + 3} words about the number {i}, ending with a question mark.",
+                        [f"Is the number {i} fine?", f"{i} {i} {i}.", "WHY IS IT SO?"][: 2 + i % 2]), i)
             for i in range(n)]
 
 
@@ -108,7 +110,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     opts = dict(k=args.k, max_new_tokens=args.max_new_tokens, temperature=0.5)
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.model or build_tiny_model(Path(tmp) / "grm", hidden=args.hidden, layers=args.layers)
+        path = args.model or (PACKAGED if (PACKAGED / "config.json").exists() and not args.random
+                              else build_tiny_model(Path(tmp) / "grm", hidden=args.hidden, layers=args.layers))
         judge = GenerativeRewardModel.load(str(path))
         print(f"model {path}: {sum(p.numel() for p in judge.engine.model.parameters()) / 1e6:.1f}M parameters; "
               f"{args.requests} requests, k={args.k}, max_new_tokens={args.max_new_tokens}, "

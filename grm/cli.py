@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: CPUs - 1)")
     demo.add_argument("-k", type=int, default=4, help="judgments sampled (default 4)")
-    demo.add_argument("--max-new-tokens", type=int, default=320, help="tokens per judgment (default 320)")
+    demo.add_argument("--max-new-tokens", type=int, default=400, help="tokens per judgment (default 400)")
     demo.add_argument("--seed", type=int, default=0)
     info = sub.add_parser("info", help="describe a running service (--target) or a model")
     add_model_args(info)
