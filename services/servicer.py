@@ -27,7 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from grm.judge import GenerativeRewardModel, InputTooLong, Plan
-from grm.types import SamplingOptions, ScoreResult
+from grm.types import SamplingOptions
 from services.cache import DEFAULT_PREFIX, Singleflight, cache_key
 from services.convert import CachePolicy, result_to_proto, sampling_to_proto
 from services.metrics import ServiceMetrics
@@ -80,11 +80,15 @@ class RewardServicer:
         self.limits, self.defaults, self.metrics = limits, defaults, metrics
         self.cache, self.cache_prefix, self.server_version = cache, cache_prefix, server_version
         self.singleflight = Singleflight()
+        self._writer = _WriteBatcher(cache) if cache is not None else None
         self.backend: Backend | None = None
         self.load_error: str | None = None
         self.shutting_down = False
-        # Tokenizing prompts is CPU work too: it stays off the event loop and off the engine thread.
-        self._prep = ThreadPoolExecutor(2, thread_name_prefix="grm-prep")
+        # Tokenizing prompts is CPU work too: it stays off the event loop and off the engine
+        # thread. ONE thread: a fast tokenizer's split_special_tokens is state shared by every
+        # caller, so two threads encoding at once can flip it for each other, and a response's
+        # "<|im_end|>" could become a real special token (found by test_concurrency).
+        self._prep = ThreadPoolExecutor(1, thread_name_prefix="grm-prep")
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {"Score": (self.score, pb.ScoreRequest, pb.ScoreResponse),
@@ -193,13 +197,8 @@ class RewardServicer:
                     for i, plan in zip(todo, plans)))
             finally:
                 ticket.release()
-            writes = []
-            for i, (out, led) in zip(todo, computed):
+            for i, out in zip(todo, computed):
                 outs[i] = out
-                if led and keys[i] is not None and req.cache_policy is not CachePolicy.BYPASS:
-                    writes.append((keys[i], out.SerializeToString()))
-            if writes and self.cache is not None:
-                await self.cache.set_many(writes)
         latency_ms = (time.perf_counter() - start) * 1000
         for out in outs:
             if isinstance(out, pb.ScoreResult):
@@ -243,37 +242,88 @@ class RewardServicer:
         return outs
 
     async def _compute(self, scheduler: Scheduler, plan: Plan | RpcFailure, key: str | None,
-                       deadline: float | None, ticket: Ticket, policy: CachePolicy):
-        """(pb.ScoreResult | RpcFailure, whether this call ran the work itself)."""
+                       deadline: float | None, ticket: Ticket, policy: CachePolicy) -> pb.ScoreResult | RpcFailure:
         if isinstance(plan, RpcFailure):
-            return plan, False
-        led = False
+            return plan
 
-        async def run() -> ScoreResult:
-            nonlocal led
-            led = True
-            return await scheduler.submit(plan, deadline, ticket)
-
-        try:
-            if key is not None and policy is not CachePolicy.BYPASS:
-                result = await self.singleflight.run(key, run)
-            else:
-                result = await run()
-        except QueueFull as e:
-            return RpcFailure(Code.RESOURCE_EXHAUSTED, f"the server is busy: {e}; retry later"), False
-        except DeadlineExpired as e:
-            return RpcFailure(Code.DEADLINE_EXCEEDED, str(e)), False
-        except SchedulerClosed as e:
-            return RpcFailure(Code.UNAVAILABLE, str(e)), False
-        except Exception as e:  # the engine failed on this input alone (the scheduler isolates it)
-            log.exception("scoring an input failed")
-            return RpcFailure(Code.INTERNAL, f"scoring failed: {type(e).__name__}: {e}"), False
-        if led:
+        async def run() -> pb.ScoreResult:
+            if key is not None and policy is CachePolicy.USE:
+                # A request that missed the cache just before another flight for this key
+                # stored its result and ended finds the entry here instead of recomputing.
+                cached = await self._recheck(key)
+                if cached is not None:
+                    return cached
+            result = await scheduler.submit(plan, deadline, ticket)
             self.metrics.items.labels("computed").inc()
             self.metrics.samples.inc(len(result.judgments))
             for reason, count in result.invalid_reasons.items():
                 self.metrics.invalid_samples.labels(reason).inc(count)
-        return result_to_proto(result), led
+            msg = result_to_proto(result)
+            if key is not None and self._writer is not None:
+                # Stored before the flight ends: a request that just missed the cache either
+                # joins this flight or finds the entry on its recheck, never computes it again.
+                await self._writer.write(key, msg.SerializeToString())
+            return msg
+
+        try:
+            if key is not None and policy is not CachePolicy.BYPASS:
+                shared = await self.singleflight.run(key, run)
+            else:
+                shared = await run()
+        except QueueFull as e:
+            return RpcFailure(Code.RESOURCE_EXHAUSTED, f"the server is busy: {e}; retry later")
+        except DeadlineExpired as e:
+            return RpcFailure(Code.DEADLINE_EXCEEDED, str(e))
+        except SchedulerClosed as e:
+            return RpcFailure(Code.UNAVAILABLE, str(e))
+        except Exception as e:  # the engine failed on this input alone (the scheduler isolates it)
+            log.exception("scoring an input failed")
+            return RpcFailure(Code.INTERNAL, f"scoring failed: {type(e).__name__}: {e}")
+        out = pb.ScoreResult()
+        out.CopyFrom(shared)  # every caller edits its own copy (latency, judgments stripped)
+        return out
+
+    async def _recheck(self, key: str) -> pb.ScoreResult | None:
+        """One more cache read for a key about to be computed; no metrics (it is the same lookup)."""
+        try:
+            [blob] = await self.cache.get_many([key])
+            msg = pb.ScoreResult.FromString(blob) if blob is not None else None
+        except Exception:  # a cache must never fail a request; DecodeError included
+            return None
+        if msg is not None:
+            msg.from_cache = True
+        return msg
+
+
+class _WriteBatcher:
+    """Cache writes from results that resolve together (one engine pass) go out as one
+    ``set_many`` (one Redis pipeline). ``write`` returns once its entry is stored; the
+    write itself runs in its own task, so a cancelled caller cannot lose it."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self._buffer: list[tuple[str, bytes, asyncio.Future]] = []
+        self._flush: asyncio.Task | None = None
+
+    async def write(self, key: str, blob: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._buffer.append((key, blob, done))
+        if self._flush is None:
+            self._flush = loop.create_task(self._flush_soon())
+        await asyncio.shield(done)
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(0)  # the other results of the same pass resolve in this loop turn
+        batch, self._buffer, self._flush = self._buffer, [], None
+        try:
+            await self.cache.set_many([(key, blob) for key, blob, _ in batch])
+        except Exception:  # set_many should never raise; a cache must not fail requests anyway
+            log.warning("cache write failed", exc_info=True)
+        finally:
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
 
 def _plan_all(judge: GenerativeRewardModel, req: Request, todo: list[tuple[int, str]]) -> list:

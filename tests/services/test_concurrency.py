@@ -19,6 +19,7 @@ from services.server import BackgroundServer, ServerConfig
 
 pytestmark = pytest.mark.slow
 NO_RETRY = RetryPolicy(max_attempts=1)
+SAMPLING = dict(FAST, max_new_tokens=32)  # long enough a pass that the next calls queue behind it
 
 
 def _batch_counts(metrics) -> tuple[float, float]:
@@ -38,7 +39,7 @@ def test_64_concurrent_clients_all_succeed_in_shared_batches(server, local_judge
             start.wait()
             try:
                 results[i] = c.score(f"Name a prime number bigger than {i}.", ["7", "11", "91"],
-                                     cache_policy="bypass", **FAST)
+                                     cache_policy="bypass", **SAMPLING)
             except BaseException as e:
                 errors.append(e)
 
@@ -52,8 +53,10 @@ def test_64_concurrent_clients_all_succeed_in_shared_batches(server, local_judge
     passes = _batch_counts(server.metrics)[0] - passes0
     singles = _batch_counts(server.metrics)[1] - singles0
     assert passes < 64 and passes - singles >= 1, (passes, singles)  # some pass held more than one input
-    sampling = SamplingOptions(**FAST)
-    for i in (0, 31, 63):  # each reply belongs to its own request
+    sampling = SamplingOptions(**SAMPLING)
+    # Each reply belongs to its own request and its prompt was tokenized as alone (concurrent
+    # tokenization once flipped split_special_tokens for another request: see servicer.py).
+    for i in range(64):
         item = ScoreInput(f"Name a prime number bigger than {i}.", ["7", "11", "91"])
         assert results[i].result.prompt_tokens == local_judge.plan(item, sampling).prompt_tokens
         assert len(results[i].result.rewards) == 3
