@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 from functools import lru_cache
 from typing import Sequence
 
@@ -164,10 +165,17 @@ def _piece(tokenizer, before_ids: list[int], before: str, text: str, split: bool
     return plain
 
 
+# A fast tokenizer applies ``split_special_tokens`` by changing a setting shared by every
+# caller of that tokenizer object, so two threads encoding at once can see each other's
+# setting and let a response's "<|im_end|>" become the real token. One lock closes that.
+_ENCODE_LOCK = threading.Lock()
+
+
 def _tokens(tokenizer, text: str, split: bool) -> list[int]:
     if not text:
         return []
-    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=split)["input_ids"])
+    with _ENCODE_LOCK:
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=split)["input_ids"])
 
 
 def _adds_bos(tokenizer, bos: int) -> bool:

@@ -3,10 +3,13 @@
 One pipeline serves Score (a batch of one that fails as a whole) and ScoreBatch (per-item
 errors). For each input::
 
-    validate -> cache get_many (one MGET) -> judge.plan on a prep thread
-    -> Singleflight(key) -> scheduler (micro-batched engine pass on its worker thread)
-    -> ScoreResult proto -> cache set_many (full result, judgments included)
-    -> reply (judgments stripped unless asked for)
+    validate -> cache get_many (one MGET per call) -> judge.plan on the prep thread
+    -> Singleflight(key) [ cache re-read -> scheduler (micro-batched engine pass on its
+       worker thread) -> ScoreResult proto -> cache set_many (one pipeline per pass,
+       full result with judgments) ] -> reply (judgments stripped unless asked for)
+
+The flight ends only once its result is stored, and a leader re-reads the cache first,
+so identical requests never reach the engine twice however their arrivals interleave.
 
 Every failure becomes an ``RpcFailure`` with a status code from the table in
 ``proto/grm/v1/reward.proto``; bad input is always INVALID_ARGUMENT, never INTERNAL.
