@@ -228,16 +228,7 @@ class RewardServicer:
         except Exception:  # a cache must never fail a request: run uncached
             log.warning("cache lookup failed; scoring without it", exc_info=True)
             blobs = {}
-        outs = []
-        for key in keys:
-            msg = None
-            if key is not None and blobs.get(key) is not None:
-                try:
-                    msg = pb.ScoreResult.FromString(blobs[key])
-                    msg.from_cache = True
-                except DecodeError:
-                    log.warning("cache entry %s does not parse; recomputing", key)
-            outs.append(msg)
+        outs = [_cached_result(key, blobs.get(key)) if key is not None else None for key in keys]
         hits = sum(m is not None for m in outs)
         self.metrics.cache_lookups.labels("hit").inc(hits)
         self.metrics.cache_lookups.labels("miss").inc(len(wanted) - hits)
@@ -290,12 +281,22 @@ class RewardServicer:
         """One more cache read for a key about to be computed; no metrics (it is the same lookup)."""
         try:
             [blob] = await self.cache.get_many([key])
-            msg = pb.ScoreResult.FromString(blob) if blob is not None else None
-        except Exception:  # a cache must never fail a request; DecodeError included
+        except Exception:  # a cache must never fail a request
             return None
-        if msg is not None:
-            msg.from_cache = True
-        return msg
+        return _cached_result(key, blob)
+
+
+def _cached_result(key: str, blob: bytes | None) -> pb.ScoreResult | None:
+    """A stored result marked as coming from the cache; None for a miss or an unparseable entry."""
+    if blob is None:
+        return None
+    try:
+        msg = pb.ScoreResult.FromString(blob)
+    except DecodeError:
+        log.warning("cache entry %s does not parse; recomputing", key)
+        return None
+    msg.from_cache = True
+    return msg
 
 
 class _WriteBatcher:
