@@ -146,8 +146,8 @@ class TransformersEngine:
         rows = self._decode(requests, budgets, cache, mask)
         return [[self._completion(*rows[(j, i)]) for i in range(r.n)] for j, r in enumerate(requests)]
 
-    def _completion(self, ids: list[int], finished: bool) -> Completion:
-        return Completion(tuple(ids), self.tokenizer.decode(ids, skip_special_tokens=True), finished)
+    def _completion(self, ids: list[int], eos: int | None) -> Completion:
+        return Completion(tuple(ids), self.tokenizer.decode(ids, skip_special_tokens=True), eos is not None, eos)
 
     def _budget(self, j: int, request: GenerationRequest) -> int:
         room = self.max_context - len(request.prompt_ids)
@@ -184,10 +184,10 @@ class TransformersEngine:
         return cache, mask[rows.to(device)]
 
     def _decode(self, requests: Sequence[GenerationRequest], budgets: list[int], cache: Any,
-                mask: torch.Tensor) -> dict[tuple[int, int], tuple[list[int], bool]]:
+                mask: torch.Tensor) -> dict[tuple[int, int], tuple[list[int], int | None]]:
         """Sample token by token until every row hit EOS or its budget.
 
-        Returns ``{(request index, sample index): (token ids, finished)}``.
+        Returns ``{(request index, sample index): (token ids, the EOS id that ended it or None)}``.
         """
         device = mask.device
         keys = [(j, i) for j, r in enumerate(requests) for i in range(r.n)]  # one per row
@@ -195,7 +195,7 @@ class TransformersEngine:
         budget = [budgets[j] for j, _ in keys]
         sampler = _Sampler(owner, [i for _, i in keys], device)
         generated: list[list[int]] = [[] for _ in keys]
-        done: dict[tuple[int, int], tuple[list[int], bool]] = {}
+        done: dict[tuple[int, int], tuple[list[int], int | None]] = {}
         active = list(range(len(keys)))  # row numbers still decoding, in cache order
         tokens = torch.tensor([r.prompt_ids[-1] for r in owner], device=device)
         positions = torch.tensor([len(r.prompt_ids) - 1 for r in owner], device=device)
@@ -211,7 +211,7 @@ class TransformersEngine:
                 if not hit_eos:
                     generated[row].append(token)
                 if hit_eos or len(generated[row]) >= budget[row]:
-                    done[keys[row]] = (generated[row], hit_eos)
+                    done[keys[row]] = (generated[row], token if hit_eos else None)
                 else:
                     keep.append(slot)
             if len(keep) < len(active):  # drop finished rows from every per-row tensor

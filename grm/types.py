@@ -127,6 +127,7 @@ class Completion:
     token_ids: tuple[int, ...]  # generated ids, EOS excluded
     text: str
     finished: bool  # True when the model emitted EOS; False when max_new_tokens cut it
+    eos_token_id: int | None = None  # the EOS id that ended it (a model may have several); None when cut
 
 
 @dataclass(frozen=True)

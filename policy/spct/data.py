@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from policy.logprobs import Example  # noqa: F401 (re-exported: the SPCT stages build Examples)
 from grm.prompts import build_judge_content, encode_prompt
 from grm.templates import JudgeTemplate, load_template
 from grm.types import ScoreInput
@@ -43,12 +44,6 @@ class LabeledItem:
     scores: tuple[int, ...] | None = None  # [N] true scores, when the data has them
     task: Task | None = None  # the verifiable task, when the teacher can judge it
     judgment: str | None = None  # a correct judgment from the data, responses in the given order
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt_ids: tuple[int, ...]  # [P] the rendered judge prompt
-    target_ids: tuple[int, ...]  # [T] judgment tokens + EOS; the only tokens with a loss
 
 
 def is_correct(scores: Sequence[int] | None, labeled: LabeledItem) -> bool:

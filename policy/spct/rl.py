@@ -81,7 +81,7 @@ def rollouts(grm: GenerativeRewardModel, items: Sequence[LabeledItem], cfg: RLCo
             for sample, c in zip(p.samples, next(outputs)):
                 parsed = parse_judgment(c.text, len(p.permutation), finished=c.finished)
                 scores = unshuffle(parsed.scores, p.permutation) if parsed.scores is not None else None
-                target = tuple(c.token_ids) + ((eos,) if c.finished else ())
+                target = tuple(c.token_ids) + ((eos if c.eos_token_id is None else c.eos_token_id,) if c.finished else ())
                 by_sample[sample] = Rollout(Example(p.ids, target or (eos,)),
                                             1.0 if is_correct(scores, labeled) else -1.0, scores is not None)
         out += [by_sample[s] for s in range(GROUP_SIZE)]

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
-from policy.spct.data import Example
+from policy.logprobs import Example, batch_logprobs  # noqa: F401 (batch_logprobs re-exported)
 
 
 @dataclass(frozen=True)
@@ -58,56 +57,6 @@ def lr_at(step: int, cfg: SFTConfig, elapsed_s: float = 0.0) -> float:
         progress = max(progress, elapsed_s / cfg.time_limit_s)
     progress = min(progress, 1.0)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
-    """Length of the longest shared prefix, leaving every row at least one token of its own."""
-    limit = min(len(r) for r in rows) - 1
-    first = rows[0]
-    for i in range(limit):
-        if any(r[i] != first[i] for r in rows):
-            return i
-    return max(limit, 0)
-
-
-def batch_logprobs(model, batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of every example's target tokens under ``model``.
-
-    Returns ``(logp, mask)``, both ``[B, T]`` with T the longest target; mask is 1 on real
-    target tokens. Gradients flow through the shared prefix too.
-    """
-    device = model.device
-    P = _common_prefix([e.prompt_ids for e in batch])
-    cache = None
-    if P:
-        cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([batch[0].prompt_ids[:P]], device=device), past_key_values=cache,
-              use_cache=True, logits_to_keep=1)
-        cache.batch_repeat_interleave(len(batch))
-    suffixes = [list(e.prompt_ids[P:]) + list(e.target_ids) for e in batch]
-    S = max(len(s) for s in suffixes)
-    ids = torch.zeros(len(batch), S, dtype=torch.long)
-    mask = torch.zeros(len(batch), P + S, dtype=torch.long)
-    mask[:, :P] = 1
-    for j, s in enumerate(suffixes):  # right padding: padded slots come after every real token
-        ids[j, :len(s)] = torch.tensor(s)
-        mask[j, P:P + len(s)] = 1
-    positions = torch.arange(P, P + S).expand(len(batch), S)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                   past_key_values=cache, use_cache=cache is not None).logits  # [B, S, V]
-    T = max(len(e.target_ids) for e in batch)
-    rows, cols, tgt = [], [], []
-    tmask = torch.zeros(len(batch), T)
-    for j, e in enumerate(batch):
-        start = len(e.prompt_ids) - P  # suffix index of the first target token
-        for t, token in enumerate(e.target_ids):
-            rows.append(j), cols.append(start + t - 1), tgt.append(token)  # predicted one step earlier
-        tmask[j, :len(e.target_ids)] = 1
-    picked = logits[rows, cols].float().log_softmax(-1)  # [sum T_j, V]
-    flat = picked.gather(-1, torch.tensor(tgt, device=device)[:, None])[:, 0]
-    logp = torch.zeros(len(batch), T, device=device, dtype=flat.dtype)
-    logp[tmask.bool().to(device)] = flat  # row-major order matches the (j, t) loop above
-    return logp, tmask.to(device)
 
 
 def train_sft(model, batches: Iterator[list[Example]], cfg: SFTConfig, desc: str = "sft") -> list[float]:

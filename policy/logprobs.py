@@ -1,0 +1,77 @@
+"""Log-probabilities of target tokens under a causal LM, for SFT and for GRPO.
+
+``batch_logprobs`` scores a batch of (prompt, target) pairs in one forward pass. Rows
+often share a long token prefix (a judge template's instructions, a system prompt): that
+prefix runs once, its KV cache is copied to every row, and only each row's own suffix
+runs after it. The result equals one forward per row; gradients flow through the shared
+prefix too.
+
+Example::
+
+    logp, mask = batch_logprobs(model, [Example(prompt_ids, completion_ids + (eos,)), ...])
+    nll = -(logp * mask).sum() / mask.sum()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt_ids: tuple[int, ...]  # [P] context only
+    target_ids: tuple[int, ...]  # [T] the tokens that are scored (a judgment or completion, + EOS)
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest shared prefix, leaving every row at least one token of its own."""
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(limit):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return max(limit, 0)
+
+
+def batch_logprobs(model, batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of every example's target tokens under ``model``.
+
+    Returns ``(logp, mask)``, both ``[B, T]`` with T the longest target; mask is 1 on real
+    target tokens. Gradients flow through the shared prefix too.
+    """
+    device = model.device
+    P = _common_prefix([e.prompt_ids for e in batch])
+    cache = None
+    if P:
+        cache = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([batch[0].prompt_ids[:P]], device=device), past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(len(batch))
+    suffixes = [list(e.prompt_ids[P:]) + list(e.target_ids) for e in batch]
+    S = max(len(s) for s in suffixes)
+    ids = torch.zeros(len(batch), S, dtype=torch.long)
+    mask = torch.zeros(len(batch), P + S, dtype=torch.long)
+    mask[:, :P] = 1
+    for j, s in enumerate(suffixes):  # right padding: padded slots come after every real token
+        ids[j, :len(s)] = torch.tensor(s)
+        mask[j, P:P + len(s)] = 1
+    positions = torch.arange(P, P + S).expand(len(batch), S)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                   past_key_values=cache, use_cache=cache is not None).logits  # [B, S, V]
+    T = max(len(e.target_ids) for e in batch)
+    rows, cols, tgt = [], [], []
+    tmask = torch.zeros(len(batch), T)
+    for j, e in enumerate(batch):
+        start = len(e.prompt_ids) - P  # suffix index of the first target token
+        for t, token in enumerate(e.target_ids):
+            rows.append(j), cols.append(start + t - 1), tgt.append(token)  # predicted one step earlier
+        tmask[j, :len(e.target_ids)] = 1
+    picked = logits[rows, cols].float().log_softmax(-1)  # [sum T_j, V]
+    flat = picked.gather(-1, torch.tensor(tgt, device=device)[:, None])[:, 0]
+    logp = torch.zeros(len(batch), T, device=device, dtype=flat.dtype)
+    logp[tmask.bool().to(device)] = flat  # row-major order matches the (j, t) loop above
+    return logp, tmask.to(device)
