@@ -6,6 +6,8 @@
     grm serve                      # the reward service on 127.0.0.1:50051 (see services/cli.py)
     grm demo                       # serve in-process, score an example over gRPC, shut down
     grm info [--target HOST:PORT]
+    grm grpo --model POLICY --prompts prompts.jsonl --target HOST:PORT   # GRPO with the service as reward
+    grm grpo-demo                  # GRPO on a small policy against the bundled GRM, true pass rate plotted
 
 Each subcommand is a function in ``COMMANDS``; ``main`` parses and dispatches. The network
 commands live in ``services.cli`` and are imported inside the command functions, so that
@@ -130,6 +132,18 @@ def cmd_spct(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from policy.train import run
+
+    return run(args)
+
+
+def cmd_grpo_demo(args: argparse.Namespace) -> int:
+    from policy.demo import run
+
+    return run(args)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """The service's info with --target; else load the model here and describe it."""
     if args.target:
@@ -163,6 +177,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="Prometheus /metrics port; 0 picks a free one, -1 turns it off (default 0)")
+    p.add_argument("--http-port", type=int, default=-1,
+                   help="OpenRLHF-compatible HTTP reward endpoint (POST /get_reward) on --host; "
+                        "0 picks a free one (default -1: off)")
     p.add_argument("--redis-url", help="cache scores in Redis (default: an in-memory cache)")
     p.add_argument("--cache-ttl", type=int, default=86_400, help="Redis entry lifetime in s (default 1 day)")
     p.add_argument("--no-cache", action="store_true", help="no score cache at all")
@@ -218,12 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     from policy.spct.args import add_arguments as add_spct_args  # argparse only
 
     add_spct_args(sub.add_parser("spct", help="train a GRM with SPCT (cold start, RFT, online RL, meta RM)"))
+    from policy.args import add_demo_arguments, add_grpo_arguments  # argparse only
+
+    add_grpo_arguments(sub.add_parser("grpo", help="train a policy with GRPO against the reward service"))
+    add_demo_arguments(sub.add_parser("grpo-demo", help="GRPO on a small policy against the bundled GRM service, "
+                                                        "with the true pass rate measured by the task rules"))
     return parser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "score": cmd_score, "serve": cmd_serve, "demo": cmd_demo, "info": cmd_info, "eval": cmd_eval,
-    "spct": cmd_spct}
+    "spct": cmd_spct, "grpo": cmd_grpo, "grpo-demo": cmd_grpo_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

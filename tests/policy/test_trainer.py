@@ -49,6 +49,8 @@ def test_config_names_the_bad_field(kw, field):
         GRPOConfig(**kw)
     with pytest.raises(ValueError):
         GRPOConfig(loss="mean")
+    with pytest.raises(ValueError, match="advantage"):
+        GRPOConfig(advantage="max")
 
 
 def test_two_steps_change_the_policy_and_write_metrics_and_checkpoints(policy_path, tmp_path):
@@ -143,3 +145,46 @@ def test_service_reward_waits_then_stops_with_a_clear_error():
         backend.score_groups(["q"], [["a", "b"]])
     assert 1.5 <= time.monotonic() - start < 10
     assert backend.stats["waits"] >= 2 and backend.stats["calls"] == 0
+
+
+def test_grpo_command_with_a_function_reward(policy_path, tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "def vowels(prompt, completion):\n"
+        "    letters = [c for c in completion.lower() if c.isalpha()]\n"
+        "    return sum(c in 'aeiou' for c in letters) / len(letters) if letters else None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "Say hello."}, {"messages": [{"role": "user", "content": "Name a color."}]}]) + "\n")
+    out = tmp_path / "run"
+    from grm.cli import main
+
+    assert main(["grpo", "--model", str(policy_path), "--prompts", str(tmp_path / "prompts.jsonl"),
+                 "--reward-function", "my_rewards:vowels", "--steps", "2", "--group-size", "3",
+                 "--max-new-tokens", "6", "--loss", "sequence", "--no-filter-groups",
+                 "--output-dir", str(out)]) == 0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["completions"] for r in records] == [6, 6]
+    assert json.loads((out / "config.json").read_text())["loss"] == "sequence"
+    assert (out / "final" / "model.safetensors").exists()
+
+
+def test_grpo_command_with_an_in_process_grm(policy_path, tmp_path):
+    """The tiny random GRM writes no valid judgment: every completion is unscored, none gets 0."""
+    (tmp_path / "prompts.txt").write_text("Say hello.\n\nName a color.\n")
+    out = tmp_path / "run"
+    from grm.cli import main
+
+    assert main(["grpo", "--model", str(policy_path), "--prompts", str(tmp_path / "prompts.txt"), "--grm",
+                 str(policy_path), "--judge-k", "2", "--judge-max-new-tokens", "8", "--steps", "1",
+                 "--group-size", "2", "--max-new-tokens", "4", "--output-dir", str(out)]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert record["completions"] == 4 and record["unscored"] == 4 and record["reward"] is None
+    assert record["grad_norm"] == 0.0
+
+
+def test_prompts_file_errors_name_the_line(tmp_path):
+    from policy.train import load_prompts
+
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"text": "no"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        load_prompts(tmp_path / "bad.jsonl")
