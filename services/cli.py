@@ -66,7 +66,7 @@ def server_config(args: argparse.Namespace):
     return ServerConfig(limits=limits, defaults=defaults, scheduler=scheduler,
                         max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace,
                         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-                        metrics_host=args.host)
+                        metrics_host=args.host, http_port=None if args.http_port < 0 else args.http_port)
 
 
 def set_threads(threads: int) -> None:

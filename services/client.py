@@ -126,6 +126,11 @@ def batch_from_proto(msg: pb.ScoreBatchResponse) -> list[ScoreReply | ItemError]
             for r in msg.results]
 
 
+def outcome(out: ScoreReply | ItemError) -> ScoreResult | str:
+    """The result of one batch item, or its error as ``"CODE: message"`` (see grm.grouping)."""
+    return out.result if isinstance(out, ScoreReply) else f"{out.code.name}: {out.message}"
+
+
 def info_from_proto(msg: pb.GetInfoResponse) -> ServiceInfo:
     return ServiceInfo(
         model_id=msg.model_id, revision=msg.revision, template_version=msg.template_version,

@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from grm.judge import GenerativeRewardModel
 from grm.types import SamplingOptions
 from services.cache import DEFAULT_PREFIX
+from services.http_reward import RewardHTTPServer
 from services.metrics import ServiceMetrics
 from services.scheduler import Scheduler, SchedulerConfig
 from services.servicer import SERVICE_NAME, Backend, RewardServicer
@@ -50,6 +51,7 @@ class ServerConfig:
     grace_s: float = 30.0  # how long shutdown waits for calls in flight
     metrics_port: int | None = None  # Prometheus /metrics port; 0 = a free one, None = off
     metrics_host: str = "127.0.0.1"
+    http_port: int | None = None  # OpenRLHF-style HTTP reward endpoint (services/http_reward.py); 0 = a free port
     cache_prefix: str = DEFAULT_PREFIX  # change it to drop every old cache entry
 
     def __post_init__(self) -> None:
@@ -63,6 +65,8 @@ class ServerConfig:
                              f"SchedulerConfig.max_queue ({self.scheduler.max_queue}): such a batch never fits")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             raise ValueError(f"ServerConfig.metrics_port must be in 0..65535 or None, got {self.metrics_port}")
+        if self.http_port is not None and not 0 <= self.http_port < 65536:
+            raise ValueError(f"ServerConfig.http_port must be in 0..65535 or None, got {self.http_port}")
 
 
 class RewardServer:
@@ -73,6 +77,7 @@ class RewardServer:
         self.server, self.servicer, self.health = server, servicer, health_servicer
         self.config, self.metrics, self.cache = config, metrics, cache
         self.port, self.metrics_port = port, metrics_port
+        self.http: RewardHTTPServer | None = None  # the OpenRLHF endpoint, when config.http_port is set
         self._ready = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -124,6 +129,8 @@ class RewardServer:
         self._stopping = True
         self.servicer.shutting_down = True  # calls that slip in meanwhile get UNAVAILABLE
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:  # stop taking HTTP requests; the ones in flight drain through gRPC below
+            await asyncio.to_thread(self.http.stop)
         await self.server.stop(self.config.grace_s if grace is None else grace)
         if self.servicer.backend is not None:
             await asyncio.to_thread(self.servicer.backend.scheduler.close, 30.0)
@@ -165,8 +172,17 @@ async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.
     if config.metrics_port is not None:
         metrics_port = metrics.start_http(config.metrics_port, config.metrics_host)
     srv = RewardServer(server, servicer, health_servicer, config, metrics, port, metrics_port, cache)
+    if config.http_port is not None:
+        host = address.rsplit(":", 1)[0]
+        http_host = "0.0.0.0" if host in ("[::]", "::") else host  # http.server binds IPv4
+        srv.http = RewardHTTPServer(f"{loopback(host)}:{port}", http_host, config.http_port).start()
     srv._begin_loading(judge_or_loader)
     return srv, port
+
+
+def loopback(host: str) -> str:
+    """The address this process reaches a server bound on ``host`` at (a wildcard means loopback)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "[::]", "::") else host
 
 
 async def run_until_signal(judge_or_loader: JudgeOrLoader, address: str, config: ServerConfig,
@@ -179,6 +195,8 @@ async def run_until_signal(judge_or_loader: JudgeOrLoader, address: str, config:
     say(f"serving on {host}:{port} (loading the model; health is NOT_SERVING until it is ready)")
     if srv.metrics_port is not None:
         say(f"metrics on http://{config.metrics_host}:{srv.metrics_port}/metrics")
+    if srv.http is not None:
+        say(f"OpenRLHF reward endpoint on http://{host}:{srv.http.port}/get_reward")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

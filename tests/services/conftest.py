@@ -1,8 +1,8 @@
 """Session fixtures for the service tests: one tiny model, one in-process server on port 0.
 
-The model is a random-weight tiny Llama written with ``save_pretrained`` and read back
-with ``from_pretrained`` (``grm.testing``), built once per session. The server is a real
-grpc.aio server on 127.0.0.1:0 with an in-memory cache, run on its own event loop.
+The model is ``tiny_model_path`` (tests/conftest.py): a random-weight tiny Llama read back
+with ``from_pretrained``. The server is a real grpc.aio server on 127.0.0.1:0 with an
+in-memory cache, run on its own event loop.
 """
 
 from __future__ import annotations
@@ -10,17 +10,11 @@ from __future__ import annotations
 import pytest
 
 from grm.judge import GenerativeRewardModel
-from grm.testing import build_tiny_model
 from service_helpers import CONFIG
 from services.cache import MemoryCache
 from services.cli import set_threads
 from services.client import RetryPolicy, RewardClient
 from services.server import BackgroundServer
-
-
-@pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("grm-model") / "tiny-llama", arch="llama")
 
 
 @pytest.fixture(scope="session")

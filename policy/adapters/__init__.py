@@ -1,0 +1,18 @@
+"""Reward adapters for RL frameworks, all scoring through the GRM service over gRPC.
+
+- ``trl_reward(target, asynchronous=False, **options)``: a picklable reward function for
+  ``trl.GRPOTrainer(reward_funcs=[...])`` (``policy/adapters/trl_reward.py``).
+- ``verl_compute_score`` / ``verl_compute_score_batch``: verl's custom reward function
+  interface, single and batch forms (``policy/adapters/verl_reward.py``).
+- OpenRLHF's remote reward model is an HTTP endpoint served by ``grm serve --http-port``
+  (``services/http_reward.py``).
+
+Unscorable responses come back as ``None`` (TRL), an explicit error or an explicit
+stand-in (verl), or ``null`` (OpenRLHF): never as a silent 0.
+"""
+
+from policy.adapters.trl_reward import AsyncTRLReward, TRLReward, trl_reward
+from policy.adapters.verl_reward import UnscoredError, verl_compute_score, verl_compute_score_batch
+
+__all__ = ["AsyncTRLReward", "TRLReward", "UnscoredError", "trl_reward", "verl_compute_score",
+           "verl_compute_score_batch"]
