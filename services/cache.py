@@ -4,7 +4,8 @@ The server looks a whole batch up with one ``get_many`` (one Redis ``MGET``), sc
 the misses, and writes them back with one ``set_many`` (one pipeline of
 ``SET key value EX ttl``). Identical requests in flight at the same moment run once
 through :class:`Singleflight`. Values are whatever bytes the caller stores (the server
-stores the serialized protobuf result); this module never looks inside them.
+stores each result as two serialized protobufs, the judgments apart from the rest, so
+that a hit without judgments reads a few dozen bytes); this module never looks inside them.
 
 Backend trouble never raises out of a cache: Redis absent at start, killed mid-run,
 too slow for ``timeout_s``, or holding a value we did not write. A lookup becomes a
@@ -31,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from collections import OrderedDict
 from enum import Enum
@@ -45,7 +47,9 @@ from grm.types import AggregationOptions, SamplingOptions, ScoreInput
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_PREFIX = "grm:v1:"  # bump the version (or set another prefix in config) to drop every old entry
+# Bump the version (or set another prefix in config) to drop every old entry.
+# v2: the server stores a result as two entries (v1 held one).
+DEFAULT_PREFIX = "grm:v2:"
 STAT_NAMES = ("hits", "misses", "errors", "corrupt", "writes", "dropped", "skipped", "evictions")
 
 
@@ -101,17 +105,28 @@ def cache_key(prefix: str, model_id: str, revision: str, template_version: str, 
 
 def _plain(value: Any) -> Any:
     """JSON-ready form with one spelling per value: 1 and 1.0 agree, enums are their values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    kind = type(value)  # the exact types a request is made of first: this runs on every cache hit
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is tuple or kind is list:
+        return [_plain(v) for v in value]
+    names = _FIELD_NAMES.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
     if isinstance(value, Enum):
         return _plain(value.value)
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)  # json writes other floats with repr: the shortest exact spelling
-    if value is None or isinstance(value, (str, int, float)):
+    if isinstance(value, (str, int, float)):
         return value
     raise TypeError(f"cache_key cannot encode {type(value).__name__}: {value!r}")
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # dataclass -> its field names, in declaration order
 
 
 # ---------------------------------------------------------------------------- envelope
@@ -143,7 +158,11 @@ def _checksum(key: str, payload: bytes) -> bytes:
 # ---------------------------------------------------------------------------- memory
 
 class MemoryCache:
-    """In-process LRU bounded by entries and by bytes (key + value), with an optional TTL."""
+    """In-process LRU bounded by entries and by bytes (key + value), with an optional TTL.
+
+    The server stores two entries per result; hits without judgments touch only the small
+    one, so under pressure a result's judgments go first (asking for them is then a miss).
+    """
 
     name = "memory"
 
@@ -313,7 +332,7 @@ class RedisCache:
         if probe:
             self._probing = True  # the one call that finds out whether Redis is back
         try:
-            result = await asyncio.wait_for(op(), self.timeout_s)
+            result = await _within(self.timeout_s, op)
         except Exception as exc:  # any backend trouble; cancellation (BaseException) still propagates
             self._failed(kind, exc)
             return None
@@ -335,6 +354,17 @@ class RedisCache:
             self._retry_at = now + backoff
         self._log.warning(kind, "redis cache: %s failed (%s: %s); running uncached, next try in %.1f s",
                           kind, type(exc).__name__, exc, max(0.0, self._retry_at - now))
+
+
+if sys.version_info >= (3, 11):
+    async def _within(timeout_s: float, op: Callable[[], Awaitable[T]]) -> T:
+        """``await op()``, cancelled after ``timeout_s`` (TimeoutError). Unlike ``wait_for`` before
+        Python 3.12 it runs ``op`` in the calling task: no task and no loop turn more per call."""
+        async with asyncio.timeout(timeout_s):
+            return await op()
+else:
+    async def _within(timeout_s: float, op: Callable[[], Awaitable[T]]) -> T:
+        return await asyncio.wait_for(op(), timeout_s)
 
 
 class _RateLimitedLog:

@@ -11,6 +11,13 @@ errors). For each input::
 The flight ends only once its result is stored, and a leader re-reads the cache first,
 so identical requests never reach the engine twice however their arrivals interleave.
 
+A result is stored as two entries: the ScoreResult without its judgments under ``key``
+(a few dozen bytes) and one holding only the judgments under ``judgments_key(key)``
+(k critiques: kilobytes to megabytes). A hit that does not return judgments reads the
+small entry alone; one that does reads both in the same MGET and merges them, which
+gives back exactly the stored message. Either entry missing or corrupt is a miss, and
+the recomputed result overwrites both.
+
 Every failure becomes an ``RpcFailure`` with a status code from the table in
 ``proto/grm/v1/reward.proto``; bad input is always INVALID_ARGUMENT, never INTERNAL.
 Requests arrive through hand-made method handlers whose deserializer tolerates garbage
@@ -163,8 +170,10 @@ class RewardServicer:
     async def get_info(self, request: pb.GetInfoRequest, context) -> pb.GetInfoResponse:
         judge = self._serving().judge
         limits = pb.Limits(**{f: getattr(self.limits, f) for f in pb.Limits.DESCRIPTOR.fields_by_name})
+        # A real probe (bounded by the cache's timeout, skipped while its breaker is open):
+        # state() alone would say "ok" about a Redis that died since the last request.
         cache = pb.CacheInfo(backend=self.cache.name if self.cache is not None else "none",
-                             state=self.cache.state() if self.cache is not None else "off")
+                             state=await self.cache.check() if self.cache is not None else "off")
         return pb.GetInfoResponse(
             model_id=judge.model_id, revision=judge.revision, template_version=judge.template.version,
             max_context=judge.max_context, limits=limits, cache=cache,
@@ -179,7 +188,7 @@ class RewardServicer:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         keys = [self._key(backend.judge, req, item) for item in req.items]
-        outs: list = list(await self._lookup(keys, req.cache_policy))
+        outs: list = list(await self._lookup(keys, req.cache_policy, req.return_judgments))
         todo = []
         for i, item in enumerate(req.items):
             if isinstance(item, ValidationError):
@@ -219,16 +228,13 @@ class RewardServicer:
         return cache_key(self.cache_prefix, judge.model_id, revision, judge.template.version, item,
                          req.sampling, req.aggregation)
 
-    async def _lookup(self, keys: list[str | None], policy: CachePolicy) -> list[pb.ScoreResult | None]:
+    async def _lookup(self, keys: list[str | None], policy: CachePolicy,
+                      with_judgments: bool) -> list[pb.ScoreResult | None]:
         wanted = [k for k in keys if k is not None]
         if self.cache is None or policy is not CachePolicy.USE or not wanted:
             return [None] * len(keys)
-        try:
-            blobs = dict(zip(wanted, await self.cache.get_many(wanted)))
-        except Exception:  # a cache must never fail a request: run uncached
-            log.warning("cache lookup failed; scoring without it", exc_info=True)
-            blobs = {}
-        outs = [_cached_result(key, blobs.get(key)) if key is not None else None for key in keys]
+        blobs = await self._read(wanted, with_judgments)
+        outs = [_cached_result(key, blobs, with_judgments) if key is not None else None for key in keys]
         hits = sum(m is not None for m in outs)
         self.metrics.cache_lookups.labels("hit").inc(hits)
         self.metrics.cache_lookups.labels("miss").inc(len(wanted) - hits)
@@ -256,7 +262,7 @@ class RewardServicer:
             if key is not None and self._writer is not None:
                 # Stored before the flight ends: a request that just missed the cache either
                 # joins this flight or finds the entry on its recheck, never computes it again.
-                await self._writer.write(key, msg.SerializeToString())
+                await self._writer.write(_entries(key, msg))
             return msg
 
         try:
@@ -278,20 +284,47 @@ class RewardServicer:
         return out
 
     async def _recheck(self, key: str) -> pb.ScoreResult | None:
-        """One more cache read for a key about to be computed; no metrics (it is the same lookup)."""
+        """One more cache read for a key about to be computed; no metrics (it is the same lookup).
+        With judgments: the flight's result is shared by callers that may want them."""
+        return _cached_result(key, await self._read([key], True), True)
+
+    async def _read(self, keys: list[str], with_judgments: bool) -> dict[str, bytes | None]:
+        """The stored entries of ``keys`` (and of their judgments) in one ``get_many``."""
+        wanted = keys + [judgments_key(k) for k in keys] if with_judgments else keys
         try:
-            [blob] = await self.cache.get_many([key])
-        except Exception:  # a cache must never fail a request
-            return None
-        return _cached_result(key, blob)
+            return dict(zip(wanted, await self.cache.get_many(wanted)))
+        except Exception:  # a cache must never fail a request: run uncached
+            log.warning("cache lookup failed; scoring without it", exc_info=True)
+            return {}
 
 
-def _cached_result(key: str, blob: bytes | None) -> pb.ScoreResult | None:
-    """A stored result marked as coming from the cache; None for a miss or an unparseable entry."""
-    if blob is None:
+def judgments_key(key: str) -> str:
+    """The cache entry that holds the judgments of the result stored under ``key``."""
+    return key + ":judgments"
+
+
+def _entries(key: str, msg: pb.ScoreResult) -> list[tuple[str, bytes]]:
+    """A result's two cache entries: all but the judgments, then the judgments alone."""
+    summary = pb.ScoreResult()
+    summary.CopyFrom(msg)
+    del summary.judgments[:]
+    return [(key, summary.SerializeToString()),
+            (judgments_key(key), pb.ScoreResult(judgments=msg.judgments).SerializeToString())]
+
+
+def _cached_result(key: str, blobs: dict[str, bytes | None], with_judgments: bool) -> pb.ScoreResult | None:
+    """A stored result marked as coming from the cache; None for a miss or an unparseable entry.
+
+    Parsing the judgments entry into the summary merges them: serialized protobufs
+    concatenate, so summary + judgments parse back to the message that was split.
+    """
+    summary = blobs.get(key)
+    judgments = blobs.get(judgments_key(key)) if with_judgments else b""
+    if summary is None or judgments is None:
         return None
     try:
-        msg = pb.ScoreResult.FromString(blob)
+        msg = pb.ScoreResult.FromString(summary)
+        msg.MergeFromString(judgments)
     except DecodeError:
         log.warning("cache entry %s does not parse; recomputing", key)
         return None
@@ -301,18 +334,18 @@ def _cached_result(key: str, blob: bytes | None) -> pb.ScoreResult | None:
 
 class _WriteBatcher:
     """Cache writes from results that resolve together (one engine pass) go out as one
-    ``set_many`` (one Redis pipeline). ``write`` returns once its entry is stored; the
+    ``set_many`` (one Redis pipeline). ``write`` returns once its entries are stored; the
     write itself runs in its own task, so a cancelled caller cannot lose it."""
 
     def __init__(self, cache):
         self.cache = cache
-        self._buffer: list[tuple[str, bytes, asyncio.Future]] = []
+        self._buffer: list[tuple[list[tuple[str, bytes]], asyncio.Future]] = []
         self._flush: asyncio.Task | None = None
 
-    async def write(self, key: str, blob: bytes) -> None:
+    async def write(self, entries: list[tuple[str, bytes]]) -> None:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._buffer.append((key, blob, done))
+        self._buffer.append((entries, done))
         if self._flush is None:
             self._flush = loop.create_task(self._flush_soon())
         await asyncio.shield(done)
@@ -321,11 +354,11 @@ class _WriteBatcher:
         await asyncio.sleep(0)  # the other results of the same pass resolve in this loop turn
         batch, self._buffer, self._flush = self._buffer, [], None
         try:
-            await self.cache.set_many([(key, blob) for key, blob, _ in batch])
+            await self.cache.set_many([entry for entries, _ in batch for entry in entries])
         except Exception:  # set_many should never raise; a cache must not fail requests anyway
             log.warning("cache write failed", exc_info=True)
         finally:
-            for _, _, done in batch:
+            for _, done in batch:
                 if not done.done():
                     done.set_result(None)
 

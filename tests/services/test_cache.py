@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import socket
 import threading
@@ -69,6 +70,21 @@ def test_key_format_and_determinism():
     digest = k[len(DEFAULT_PREFIX):]
     assert len(digest) == 64 and int(digest, 16) >= 0
     assert key(prefix="grm:v2:").endswith(digest)  # the prefix namespaces, the digest is the content
+
+
+def test_key_is_the_sha256_of_a_canonical_json_text():
+    # Written out by hand: sorted keys, no spaces, enums as their values, integral floats as ints.
+    text = ('{"aggregation":{"aggregation":"meta_voting","k_meta":2},'
+            '"item":{"conversation":[{"content":"Be brief.","role":"system"},'
+            '{"content":"Name a prime.","role":"user"}],'
+            '"principles":"Correctness (60%)","reference":"7","responses":["7","9"]},'
+            '"model_id":"tiny-grm","revision":"ab12",'
+            '"sampling":{"k":4,"max_new_tokens":64,"seed":3,"shuffle":true,"temperature":0.5,"top_p":0.9},'
+            '"template_version":"default-v1"}')
+    assert key() == DEFAULT_PREFIX + hashlib.sha256(text.encode()).hexdigest()
+    ints = text.replace('"temperature":0.5,"top_p":0.9', '"temperature":2,"top_p":1')
+    floats = dataclasses.replace(SAMPLING, temperature=2.0, top_p=1.0)
+    assert key(sampling=floats) == DEFAULT_PREFIX + hashlib.sha256(ints.encode()).hexdigest()
 
 
 def test_equal_inputs_in_other_forms_give_equal_keys():
