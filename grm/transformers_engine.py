@@ -12,7 +12,8 @@ copies the filled KV cache rows to the k samples:
    budget, so a decode step writes its keys in place (a plain ``DynamicCache``
    concatenates, copying all B rows of the prompt's cache on every step);
 3. decode one token per step for all rows, each row with its own temperature, top_p,
-   budget and random stream; finished rows leave the batch, so they cost nothing.
+   budget and random stream; finished rows leave the batch once a quarter of it has
+   finished (each removal copies the cache, so they are removed in bulk).
 
 Sample i of a request draws its noise from a ``torch.Generator`` seeded by
 ``(request.seed, i)``, so its tokens do not depend on what else shares the batch.
@@ -196,33 +197,40 @@ class TransformersEngine:
         sampler = _Sampler(owner, [i for _, i in keys], device)
         generated: list[list[int]] = [[] for _ in keys]
         done: dict[tuple[int, int], tuple[list[int], int | None]] = {}
-        active = list(range(len(keys)))  # row numbers still decoding, in cache order
+        # slot -> row number, in cache order; None marks a finished row still in the batch.
+        # Dropping a row copies the whole cache, so finished rows ride along (their tokens
+        # ignored, their positions frozen) until a quarter of the batch is finished.
+        active: list[int | None] = list(range(len(keys)))
+        live = torch.ones(len(keys), dtype=torch.long, device=device)  # [slots] 1 = still decoding
         tokens = torch.tensor([r.prompt_ids[-1] for r in owner], device=device)
         positions = torch.tensor([len(r.prompt_ids) - 1 for r in owner], device=device)
-        while active:
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+        while True:
+            mask = torch.cat([mask, live[:, None]], dim=1)
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
                              past_key_values=cache, use_cache=True)
             chosen = sampler.sample(out.logits[:, -1].float())
-            self.stats["generated_tokens"] += len(active)
-            keep = []
             for slot, (row, token) in enumerate(zip(active, chosen.tolist())):
+                if row is None:
+                    continue
+                self.stats["generated_tokens"] += 1
                 hit_eos = token in self.eos_token_ids
                 if not hit_eos:
                     generated[row].append(token)
                 if hit_eos or len(generated[row]) >= budget[row]:
                     done[keys[row]] = (generated[row], token if hit_eos else None)
-                else:
-                    keep.append(slot)
-            if len(keep) < len(active):  # drop finished rows from every per-row tensor
-                if not keep:
-                    break
-                index = torch.tensor(keep, device=device)
+                    active[slot] = None
+                    live[slot] = 0
+                    sampler.retire(slot)
+            remaining = [slot for slot, row in enumerate(active) if row is not None]
+            if not remaining:
+                break
+            if 4 * (len(active) - len(remaining)) >= len(active):  # drop finished rows from every tensor
+                index = torch.tensor(remaining, device=device)
                 cache.batch_select_indices(index)
-                mask, chosen, positions = mask[index], chosen[index], positions[index]
-                sampler.select(keep)
-                active = [active[s] for s in keep]
-            tokens, positions = chosen, positions + 1
+                mask, chosen, positions, live = mask[index], chosen[index], positions[index], live[index]
+                sampler.select(remaining)
+                active = [active[s] for s in remaining]
+            tokens, positions = chosen, positions + live
         return done
 
 
@@ -292,6 +300,10 @@ class _Sampler:
                 g = torch.Generator(device=device)
                 g.manual_seed(sample_seed(r.seed, i))
             self.generators.append(g)
+
+    def retire(self, slot: int) -> None:
+        """A finished row: decode it greedily (no draws) until it is dropped."""
+        self.generators[slot] = None
 
     def select(self, keep: list[int]) -> None:
         index = torch.tensor(keep, device=self.device)

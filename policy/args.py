@@ -45,7 +45,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     """``grm grpo-demo`` (``policy.demo``)."""
     p.add_argument("--out", default="runs/grpo-demo", help="output folder (default: %(default)s)")
     p.add_argument("--target", help="use this running service (host:port) instead of starting one")
-    p.add_argument("--steps", type=int, default=40, help="GRPO steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=120, help="GRPO steps (default: %(default)s)")
     p.add_argument("--sft-steps", type=int, default=500, help="fine-tuning steps before GRPO (default: %(default)s)")
     p.add_argument("--prompts-per-step", type=int, default=8)
     p.add_argument("--group-size", type=int, default=4)
@@ -55,8 +55,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                         "alone; the bundled GRM was trained on N <= 3 and ranks better one response at a time")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--beta", type=float, default=0.02)
-    p.add_argument("--eval-queries", type=int, default=100, help="held-out queries per evaluation")
-    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--eval-queries", type=int, default=200, help="held-out queries per evaluation")
+    p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smoke run: few steps, small evaluations")
 

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.quick:
-        args.steps, args.sft_steps, args.eval_queries, args.eval_every = 3, 60, 12, 2
+        args.steps, args.sft_steps, args.eval_queries, args.eval_every = 2, 30, 8, 1
         args.prompts_per_step = min(args.prompts_per_step, 4)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
         "true_score_before": evals[0]["true_score"], "true_score_after": evals[-1]["true_score"],
         "held_out_queries": len(held_out), "samples_per_query": 4, "steps": args.steps,
         "wall_time_s": round(time.monotonic() - started, 1), "cache": cache, "k": args.k,
-        "group_size": args.group_size, "grouped": args.grouped, "evaluations": evals,
+        "group_size": args.group_size, "grouped": args.grouped,
+        "judge_agreement": _mean(h["judge_agreement"] for h in trainer.history),
+        "mean_reward_first_10": _mean(h["reward"] for h in trainer.history[:10]),
+        "mean_reward_last_10": _mean(h["reward"] for h in trainer.history[-10:]),
+        "evaluations": evals,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(trainer.history, evals, out / "grpo_demo.png")
@@ -138,11 +142,25 @@ def _passes(task: Task, text: str) -> bool:
 
 
 def rollout_truth(rollouts: Rollouts, tasks: dict[str, Task]) -> dict:
-    """The rules' verdict on a step's rollouts: share passing every constraint, mean true score."""
+    """The rules' verdict on a step's rollouts: the share passing every constraint, the mean
+    true score, and how often the GRM ordered two completions of a group as the rules do
+    (over pairs whose true scores differ; a tie in reward counts half)."""
     group = len(rollouts.completions) // len(rollouts.prompts)
-    verdicts = [(tasks[rollouts.prompts[i // group]], c.text) for i, c in enumerate(rollouts.completions)]
-    return {"true_pass_rate": sum(_passes(t, x) for t, x in verdicts) / len(verdicts),
-            "true_score": sum(true_score(t.constraints, x) for t, x in verdicts) / len(verdicts)}
+    rows = [(tasks[rollouts.prompts[i // group]], c.text, r)
+            for i, (c, r) in enumerate(zip(rollouts.completions, rollouts.rewards))]
+    truth = [true_score(t.constraints, x) for t, x, _ in rows]
+    agree = pairs = 0.0
+    for start in range(0, len(rows), group):
+        for a in range(start, start + group):
+            for b in range(a + 1, start + group):
+                ra, rb = rows[a][2], rows[b][2]
+                if truth[a] == truth[b] or ra is None or rb is None:
+                    continue
+                pairs += 1
+                agree += 0.5 if ra == rb else float((ra > rb) == (truth[a] > truth[b]))
+    return {"true_pass_rate": sum(_passes(t, x) for t, x, _ in rows) / len(rows),
+            "true_score": sum(truth) / len(truth),
+            "judge_agreement": agree / pairs if pairs else None}
 
 
 @torch.no_grad()
@@ -223,13 +241,19 @@ def plot(history: Sequence[dict], evals: Sequence[dict], path: Path) -> None:
     right.plot([e["step"] for e in evals], [e["pass_rate"] for e in evals], "o-", color="tab:green",
                label="true pass rate (held-out)")
     right.set_ylabel("true pass rate (task rules)", color="tab:green")
-    right.set_ylim(0, 1)
+    top = max([h["true_pass_rate"] for h in history] + [e["pass_rate"] for e in evals])
+    right.set_ylim(0, min(1.0, max(0.2, 1.25 * top)))
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     left.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
     left.set_title("GRPO against the GRM service: judge's reward vs the rules' verdict")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def _smooth(values: Sequence[float | None], width: int = 5) -> list[float | None]:
