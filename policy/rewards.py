@@ -115,8 +115,8 @@ class LocalGRMReward:
 
 
 class ServiceReward:
-    """The reward service over gRPC: one ``ScoreBatch`` call per step (chunked past the
-    server's ``max_batch_items``), waiting out outages for up to ``max_wait_s``.
+    """The reward service over gRPC: one ``ScoreBatch`` call per step (the client splits it
+    past the server's ``max_batch_items``), waiting out outages for up to ``max_wait_s``.
 
     ``options`` go to every call: k, temperature, top_p, max_new_tokens, seed, aggregation,
     k_meta, cache_policy (see ``services.client.RewardClient.score``).
@@ -136,33 +136,24 @@ class ServiceReward:
         self.options = options
         self.client = RewardClient(target, timeout_s=timeout_s)
         self.name = f"service:{target}"
-        self._max_items: int | None = None
         # Counters for the trainer's log: item errors (a refused input) and calls waited out.
         self.stats = {"calls": 0, "item_errors": 0, "waits": 0}
 
     def score_groups(self, prompts: Sequence[Conversation], groups: Sequence[Sequence[str]]) -> Rewards:
         _check_shapes(prompts, groups)
         inputs = _as_inputs(prompts, groups, self.per_response)
-        limit = self._with_wait(lambda: self._batch_limit())
+        replies = self._with_wait(lambda: self.client.score_batch(inputs, **self.options))
+        self.stats["calls"] += 1
         rewards: list[tuple[float | None, ...]] = []
-        for start in range(0, len(inputs), limit):
-            chunk = inputs[start:start + limit]
-            replies = self._with_wait(lambda: self.client.score_batch(chunk, **self.options))
-            self.stats["calls"] += 1
-            for offset, (item, reply) in enumerate(zip(chunk, replies)):
-                if hasattr(reply, "result"):
-                    rewards.append(reply.result.rewards)
-                else:  # this input was refused; the others were scored
-                    self.stats["item_errors"] += 1
-                    log.warning("reward service refused input %d (%s): %s; its %d completion(s) get no reward",
-                                start + offset, reply.code.name, reply.message, len(item.responses))
-                    rewards.append((None,) * len(item.responses))
+        for i, (item, reply) in enumerate(zip(inputs, replies)):
+            if hasattr(reply, "result"):
+                rewards.append(reply.result.rewards)
+            else:  # this input was refused; the others were scored
+                self.stats["item_errors"] += 1
+                log.warning("reward service refused input %d (%s): %s; its %d completion(s) get no reward",
+                            i, reply.code.name, reply.message, len(item.responses))
+                rewards.append((None,) * len(item.responses))
         return _regroup(rewards, groups, self.per_response)
-
-    def _batch_limit(self) -> int:
-        if self._max_items is None:
-            self._max_items = self.client.info().limits.get("max_batch_items", 512)
-        return self._max_items
 
     def _with_wait(self, call):
         start = time.monotonic()

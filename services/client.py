@@ -144,6 +144,16 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
             ("grpc.max_receive_message_length", max_message_bytes)]
 
 
+def _left(deadline: float) -> float:
+    return max(0.001, deadline - time.monotonic())
+
+
+def _chunks(items: Sequence, size: int | None) -> list[Sequence]:
+    if not size or len(items) <= size:
+        return [items]
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 def _retryable(error: grpc.RpcError, attempt: int, retry: RetryPolicy, deadline: float) -> float | None:
     """The wait before the next attempt, or None when the error must be raised."""
     if error.code() != grpc.StatusCode.UNAVAILABLE or attempt >= retry.max_attempts:
@@ -158,6 +168,7 @@ class RewardClient:
     def __init__(self, target: str, *, timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(),
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self.target, self.timeout_s, self.retry = target, timeout_s, retry
+        self._max_items: int | None = None  # the server's max_batch_items, read on the first batch
         self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.RewardServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -172,8 +183,19 @@ class RewardClient:
 
     def score_batch(self, items: Sequence[ScoreInput], *, timeout_s: float | None = None,
                     **options) -> list[ScoreReply | ItemError]:
-        """One result or ItemError per item, in order; options as for ``score``, shared by all items."""
-        return batch_from_proto(self._call(self._stub.ScoreBatch, batch_request(items, **options), timeout_s))
+        """One result or ItemError per item, in order; options as for ``score``, shared by all items.
+
+        More items than the server's ``max_batch_items`` go in consecutive calls of at most
+        that many (the limit is read once, with GetInfo); ``timeout_s`` bounds them all.
+        """
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        if self._max_items is None and len(items) > 1:
+            self._max_items = self.info(timeout_s=_left(deadline)).limits["max_batch_items"]
+        out: list[ScoreReply | ItemError] = []
+        for chunk in _chunks(items, self._max_items):
+            out += batch_from_proto(self._call(self._stub.ScoreBatch, batch_request(chunk, **options),
+                                               _left(deadline)))
+        return out
 
     def info(self, *, timeout_s: float | None = None) -> ServiceInfo:
         return info_from_proto(self._call(self._stub.GetInfo, pb.GetInfoRequest(), timeout_s))
@@ -224,6 +246,7 @@ class AsyncRewardClient:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self.target, self.timeout_s, self.retry = target, timeout_s, retry
         self._max_message_bytes = max_message_bytes
+        self._max_items: int | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub = None
 
@@ -241,7 +264,14 @@ class AsyncRewardClient:
 
     async def score_batch(self, items: Sequence[ScoreInput], *, timeout_s: float | None = None,
                           **options) -> list[ScoreReply | ItemError]:
-        return batch_from_proto(await self._call("ScoreBatch", batch_request(items, **options), timeout_s))
+        """As ``RewardClient.score_batch`` (chunked past the server's ``max_batch_items``)."""
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        if self._max_items is None and len(items) > 1:
+            self._max_items = (await self.info(timeout_s=_left(deadline))).limits["max_batch_items"]
+        out: list[ScoreReply | ItemError] = []
+        for chunk in _chunks(items, self._max_items):
+            out += batch_from_proto(await self._call("ScoreBatch", batch_request(chunk, **options), _left(deadline)))
+        return out
 
     async def info(self, *, timeout_s: float | None = None) -> ServiceInfo:
         return info_from_proto(await self._call("GetInfo", pb.GetInfoRequest(), timeout_s))

@@ -154,3 +154,22 @@ def test_a_failed_load_is_reported(judge):
             assert err.value.code() == Code.UNAVAILABLE and "failed to load" in err.value.details()
     finally:
         bg.stop()
+
+
+def test_a_batch_past_the_servers_item_limit_is_split_and_keeps_its_order(server):
+    """CONFIG allows 8 items per ScoreBatch; 11 items go as 8 + 3, results in input order."""
+    from grm.types import ScoreInput
+
+    items = [ScoreInput(f"{QUERY} ({i})", RESPONSES if i % 2 else RESPONSES[:1]) for i in range(11)]
+    calls0 = server.metrics.value("grm_requests_total", method="ScoreBatch", code="OK")
+    with RewardClient(server.address, timeout_s=60) as client:
+        outs = client.score_batch(items, **FAST, cache_policy="bypass")
+    assert [len(o.result.rewards) for o in outs] == [len(it.responses) for it in items]  # 1, 2, 1, 2, ...
+    assert server.metrics.value("grm_requests_total", method="ScoreBatch", code="OK") - calls0 == 2
+
+    async def main():
+        async with AsyncRewardClient(server.address, timeout_s=60) as client:
+            return await client.score_batch(items, **FAST, cache_policy="bypass")
+
+    assert [len(o.result.rewards) for o in asyncio.run(main())] == [len(it.responses) for it in items]
+    assert server.metrics.value("grm_requests_total", method="ScoreBatch", code="OK") - calls0 == 4
