@@ -20,11 +20,21 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from grm.types import Completion
+
 
 @dataclass(frozen=True)
 class Example:
     prompt_ids: tuple[int, ...]  # [P] context only
     target_ids: tuple[int, ...]  # [T] the tokens that are scored (a judgment or completion, + EOS)
+
+
+def target_ids(completion: Completion, eos_token_id: int) -> tuple[int, ...]:
+    """The tokens the policy produced: the completion plus the EOS that ended it, if one did."""
+    if not completion.finished:
+        return completion.token_ids or (eos_token_id,)
+    eos = eos_token_id if completion.eos_token_id is None else completion.eos_token_id
+    return completion.token_ids + (eos,)
 
 
 def _common_prefix(rows: Sequence[Sequence[int]]) -> int:

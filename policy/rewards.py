@@ -30,7 +30,9 @@ from typing import Protocol
 
 import grpc
 
-from grm.types import AggregationOptions, Message, SamplingOptions, ScoreInput, ScoreResult
+from grm.grouping import Group, RowScore, spread_back
+from grm.types import AggregationOptions, Message, SamplingOptions, ScoreInput
+from services.client import RewardClient, outcome
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +64,25 @@ def _check_shapes(prompts: Sequence[Conversation], groups: Sequence[Sequence[str
             raise ValueError(f"groups[{i}] is empty")
 
 
-def _as_inputs(prompts: Sequence[Conversation], groups: Sequence[Sequence[str]],
-               per_response: bool) -> list[ScoreInput]:
-    """One GRM input per group, or with ``per_response`` one per completion (row-major)."""
-    if per_response:
-        return [ScoreInput(p, [c]) for p, g in zip(prompts, groups) for c in g]
-    return [ScoreInput(p, list(g)) for p, g in zip(prompts, groups)]
+def _as_groups(prompts: Sequence[Conversation], groups: Sequence[Sequence[str]],
+               per_response: bool) -> list[Group]:
+    """One GRM input per group, or with ``per_response`` one per completion; rows are the
+    completions numbered row-major (``grm.grouping.spread_back`` maps results back)."""
+    out: list[Group] = []
+    start = 0
+    for p, g in zip(prompts, groups):
+        rows = range(start, start + len(g))
+        if per_response:
+            out += [Group(ScoreInput(p, [c]), (i,)) for i, c in zip(rows, g)]
+        else:
+            out.append(Group(ScoreInput(p, list(g)), tuple(rows)))
+        start += len(g)
+    return out
 
 
-def _regroup(per_input: Sequence[Sequence[float | None]], groups: Sequence[Sequence[str]],
-             per_response: bool) -> Rewards:
-    if not per_response:
-        return [list(r) for r in per_input]
-    flat = iter(per_input)
-    return [[next(flat)[0] for _ in g] for g in groups]
+def _rewards(scores: Sequence[RowScore], groups: Sequence[Sequence[str]]) -> Rewards:
+    flat = iter(scores)
+    return [[next(flat).reward for _ in g] for g in groups]
 
 
 class FunctionReward:
@@ -109,9 +116,9 @@ class LocalGRMReward:
 
     def score_groups(self, prompts: Sequence[Conversation], groups: Sequence[Sequence[str]]) -> Rewards:
         _check_shapes(prompts, groups)
-        results: list[ScoreResult] = self.grm.score_batch(_as_inputs(prompts, groups, self.per_response),
-                                                          self.sampling, self.aggregation)
-        return _regroup([r.rewards for r in results], groups, self.per_response)
+        items = _as_groups(prompts, groups, self.per_response)
+        results = self.grm.score_batch([g.item for g in items], self.sampling, self.aggregation)
+        return _rewards(spread_back(items, results, sum(map(len, groups))), groups)
 
 
 class ServiceReward:
@@ -125,8 +132,6 @@ class ServiceReward:
     def __init__(self, target: str, *, per_response: bool = False, max_wait_s: float = 600.0,
                  timeout_s: float = 300.0, initial_backoff_s: float = 1.0, max_backoff_s: float = 30.0,
                  **options):
-        from services.client import RewardClient  # gRPC client: only this backend needs it
-
         if max_wait_s < 0 or timeout_s <= 0 or not 0 < initial_backoff_s <= max_backoff_s:
             raise ValueError("ServiceReward needs max_wait_s >= 0, timeout_s > 0 and "
                              f"0 < initial_backoff_s <= max_backoff_s, got {max_wait_s}, {timeout_s}, "
@@ -141,19 +146,16 @@ class ServiceReward:
 
     def score_groups(self, prompts: Sequence[Conversation], groups: Sequence[Sequence[str]]) -> Rewards:
         _check_shapes(prompts, groups)
-        inputs = _as_inputs(prompts, groups, self.per_response)
-        replies = self._with_wait(lambda: self.client.score_batch(inputs, **self.options))
+        items = _as_groups(prompts, groups, self.per_response)
+        replies = self._with_wait(lambda: self.client.score_batch([g.item for g in items], **self.options))
         self.stats["calls"] += 1
-        rewards: list[tuple[float | None, ...]] = []
-        for i, (item, reply) in enumerate(zip(inputs, replies)):
-            if hasattr(reply, "result"):
-                rewards.append(reply.result.rewards)
-            else:  # this input was refused; the others were scored
+        outcomes = [outcome(r) for r in replies]  # a ScoreResult, or "CODE: message" for a refused input
+        for i, (group, o) in enumerate(zip(items, outcomes)):
+            if isinstance(o, str):  # the others were scored
                 self.stats["item_errors"] += 1
-                log.warning("reward service refused input %d (%s): %s; its %d completion(s) get no reward",
-                            i, reply.code.name, reply.message, len(item.responses))
-                rewards.append((None,) * len(item.responses))
-        return _regroup(rewards, groups, self.per_response)
+                log.warning("reward service refused input %d (%s); its %d completion(s) get no reward",
+                            i, o, len(group.rows))
+        return _rewards(spread_back(items, outcomes, sum(map(len, groups))), groups)
 
     def _with_wait(self, call):
         start = time.monotonic()

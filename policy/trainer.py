@@ -46,7 +46,7 @@ from grm.transformers_engine import TransformersEngine
 from grm.types import Completion
 from policy.config import GRPOConfig
 from policy.grpo import LossMode, filter_degenerate_groups, group_advantages, grpo_loss
-from policy.logprobs import Example, batch_logprobs
+from policy.logprobs import Example, batch_logprobs, target_ids
 from policy.rewards import Conversation, RewardBackend
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,6 @@ def encode_prompt(tokenizer, prompt: Conversation) -> tuple[int, ...]:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
     return tuple(tokenizer("\n".join(m["content"] for m in messages) + "\n")["input_ids"])
-
-
-def target_ids(completion: Completion, eos_token_id: int) -> tuple[int, ...]:
-    """The tokens the policy produced: the completion plus the EOS that ended it, if one did."""
-    if not completion.finished:
-        return completion.token_ids or (eos_token_id,)
-    eos = eos_token_id if completion.eos_token_id is None else completion.eos_token_id
-    return completion.token_ids + (eos,)
 
 
 class GRPOTrainer:

@@ -33,8 +33,8 @@ from grm.parsing import parse_judgment, unshuffle
 from grm.transformers_engine import TransformersEngine
 from grm.types import SamplingOptions
 from policy.grpo import group_advantages, grpo_loss
+from policy.logprobs import batch_logprobs, target_ids
 from policy.spct.data import SPCT_TEMPLATE, Example, LabeledItem, is_correct
-from policy.spct.sft import batch_logprobs
 
 GROUP_SIZE = 4  # paper
 
@@ -81,8 +81,7 @@ def rollouts(grm: GenerativeRewardModel, items: Sequence[LabeledItem], cfg: RLCo
             for sample, c in zip(p.samples, next(outputs)):
                 parsed = parse_judgment(c.text, len(p.permutation), finished=c.finished)
                 scores = unshuffle(parsed.scores, p.permutation) if parsed.scores is not None else None
-                target = tuple(c.token_ids) + ((eos if c.eos_token_id is None else c.eos_token_id,) if c.finished else ())
-                by_sample[sample] = Rollout(Example(p.ids, target or (eos,)),
+                by_sample[sample] = Rollout(Example(p.ids, target_ids(c, eos)),
                                             1.0 if is_correct(scores, labeled) else -1.0, scores is not None)
         out += [by_sample[s] for s in range(GROUP_SIZE)]
     return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import time
 
 import pytest
@@ -14,9 +13,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grm.testing import build_tiny_model
 from grm.types import Completion
-from policy.logprobs import Example
+from policy.logprobs import Example, target_ids
 from policy.rewards import FunctionReward, RewardUnavailable, ServiceReward
-from policy.trainer import GRPOConfig, GRPOTrainer, Rollouts, encode_prompt, target_ids
+from policy.trainer import GRPOConfig, GRPOTrainer, Rollouts, encode_prompt
+from redis_fixtures import free_port
 
 PROMPTS = ["Name a color.", "Say hello.", "Count to three.", "Name an animal."]
 
@@ -135,9 +135,7 @@ def test_target_ids_keep_the_eos_that_ended_the_completion():
 
 
 def test_service_reward_waits_then_stops_with_a_clear_error():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once the socket closes
+    port = free_port()  # nothing listens there
     backend = ServiceReward(f"127.0.0.1:{port}", max_wait_s=1.5, timeout_s=0.5, initial_backoff_s=0.2,
                             max_backoff_s=0.5)
     start = time.monotonic()
