@@ -8,6 +8,6 @@
 - ``tokenizer``: the SentencePiece tokenizer; ``model``: the starting model;
 - ``sft`` (cold start, RFT fine-tuning), ``rft`` (rejective sampling and filter), ``rl``
   (GRPO on the +1/-1 rule reward), ``meta_rm_train`` (the meta RM), ``stages`` (how the
-  pipeline calls them), ``stage_eval`` (greedy checks), ``kl_grid`` and ``card_figures``
+  pipeline calls them), ``stage_eval`` (greedy checks), ``rl_grid`` and ``card_figures``
   (the model card's experiments).
 """

@@ -62,13 +62,15 @@ class Budget:
     meta_steps: int
     eval_items: int  # held-out test items for the per-stage greedy check
     max_new_tokens: int = 256
-    meta_time_s: float | None = None  # like cold_time_s, for the meta RM
+    meta_time_s: float | None = None  # like cold_time_s, for the meta RM's training
+    rl_time_s: float | None = None  # RL stops after this many seconds even if steps remain
+    meta_sample_time_s: float | None = None  # the meta RM's fresh sampling stops after this long
     meta_batch: int = 16
 
 
 FULL = Budget(ModelSize(), train_tasks=20000, cold_steps=1800, cold_batch=32, cold_time_s=1800,
-              rft_prompts=480, rft_steps=80, rl_steps=40, rl_prompts=8, meta_prompts=320,
-              meta_steps=600, meta_time_s=360, eval_items=500)
+              rft_prompts=480, rft_steps=80, rl_steps=40, rl_prompts=32, rl_time_s=420, meta_prompts=2000,
+              meta_steps=1200, meta_time_s=360, meta_sample_time_s=150, eval_items=500)
 QUICK = Budget(ModelSize(hidden=64, layers=2, heads=2, intermediate=128), train_tasks=200,
                cold_steps=6, cold_batch=4, cold_time_s=10, rft_prompts=8, rft_steps=2, rl_steps=2,
                rl_prompts=3, meta_prompts=2, meta_steps=2, eval_items=4, max_new_tokens=192, meta_batch=4)

@@ -8,7 +8,8 @@ reference (the model RL started from) is what keeps the format stable (the paper
 a large beta, 0.08, for the 27B model).
 
 Departures from textbook GRPO, for a 4M-parameter model on 2 CPU cores: one gradient
-step per batch of rollouts, so the ratio is 1 and clipping never binds (the loss is the
+step per large batch of rollouts (32 prompts x 4 at a low learning rate; 8 prompts at
+2e-4 made greedy accuracy fall, see MODEL_CARD.md), so the ratio is 1 and clipping never binds (the loss is the
 policy gradient with the group-normalised advantage plus beta * k3 KL); token-level
 loss normalisation (DAPO). The maths is ``policy.grpo``.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,7 +36,7 @@ from grm.transformers_engine import TransformersEngine
 from grm.types import SamplingOptions
 from policy.grpo import group_advantages, grpo_loss
 from policy.logprobs import batch_logprobs, target_ids
-from policy.spct.data import SPCT_TEMPLATE, Example, LabeledItem, is_correct
+from policy.spct.data import SPCT_TEMPLATE, Example, LabeledItem, is_correct, teacher_batches
 
 GROUP_SIZE = 4  # paper
 
@@ -43,11 +45,16 @@ GROUP_SIZE = 4  # paper
 class RLConfig:
     steps: int = 40
     prompts_per_step: int = 8  # each gets a group of GROUP_SIZE samples
-    lr: float = 2e-4
+    lr: float = 2e-5  # measured: 2e-4 with 8 prompts per step lowered greedy accuracy (MODEL_CARD.md)
     beta: float = 0.08  # KL coefficient
     temperature: float = 1.0  # rollout temperature
     max_new_tokens: int = 256
     seed: int = 0
+    advantage_scale: str = "std"  # "std" (GRPO) or "none" (Dr. GRPO: r - mean)
+    loss_mode: str = "token"  # see policy.grpo.aggregate_loss
+    teacher_coef: float = 0.0  # weight of an SFT term on teacher judgments (0: pure RL, the paper)
+    teacher_batch: int = 16
+    time_limit_s: float | None = None  # stop early once this much time has passed (a CPU budget)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.prompts_per_step < 1:
@@ -55,6 +62,8 @@ class RLConfig:
                              f"{self.prompts_per_step}")
         if self.beta < 0:
             raise ValueError(f"RLConfig.beta must be >= 0, got {self.beta}")
+        if self.teacher_coef < 0:
+            raise ValueError(f"RLConfig.teacher_coef must be >= 0, got {self.teacher_coef}")
 
 
 @dataclass(frozen=True)
@@ -97,20 +106,29 @@ def train_rl(model, tokenizer, items: Sequence[LabeledItem], cfg: RLConfig, desc
     for it in items:
         by_n.setdefault(len(it.item.responses), []).append(it)
     sizes, weights = zip(*((n, len(g)) for n, g in sorted(by_n.items())))
+    teacher = (teacher_batches(tokenizer, SPCT_TEMPLATE, items, cfg.teacher_batch, cfg.seed + 2)
+               if cfg.teacher_coef else None)
     history = []
+    start = time.monotonic()
     for step in (bar := tqdm(range(cfg.steps), desc=desc, mininterval=5)):
+        if cfg.time_limit_s is not None and step and time.monotonic() - start > cfg.time_limit_s:
+            break
         group = by_n[rng.choices(sizes, weights)[0]]  # one N per step: the prompts share a prefix
         batch = rng.sample(group, min(cfg.prompts_per_step, len(group)))
         model.eval()
         rolls = rollouts(grm, batch, cfg, seed=cfg.seed * 100_000 + step)
         rewards = [r.reward for r in rolls]
-        advantages = group_advantages(rewards, GROUP_SIZE).to(model.device)  # [B]
+        advantages = group_advantages(rewards, GROUP_SIZE, scale=cfg.advantage_scale).to(model.device)  # [B]
         examples = [r.example for r in rolls]
         model.train()
         logp, mask = batch_logprobs(model, examples)  # [B, T]
         with torch.no_grad():
             ref_logp = batch_logprobs(reference, examples)[0] if cfg.beta else None
-        loss, stats = grpo_loss(logp, logp.detach(), ref_logp, advantages, mask, beta=cfg.beta, mode="token")
+        loss, stats = grpo_loss(logp, logp.detach(), ref_logp, advantages, mask, beta=cfg.beta,
+                                mode=cfg.loss_mode, max_len=cfg.max_new_tokens + 1)
+        if teacher is not None:  # departure (as in RFT): keep the evidence the teacher taught
+            t_logp, t_mask = batch_logprobs(model, next(teacher))
+            loss = loss + cfg.teacher_coef * -(t_logp * t_mask).sum() / t_mask.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -127,6 +145,7 @@ def train_rl(model, tokenizer, items: Sequence[LabeledItem], cfg: RLConfig, desc
         return round(sum(h[key] for h in rows) / max(1, len(rows)), 4)
 
     return {"steps": len(history), "beta": cfg.beta, "lr": cfg.lr, "group_size": GROUP_SIZE,
-            "prompts_per_step": cfg.prompts_per_step,
+            "prompts_per_step": cfg.prompts_per_step, "advantage_scale": cfg.advantage_scale,
+            "loss_mode": cfg.loss_mode, "teacher_coef": cfg.teacher_coef,
             "reward_first_half": mean(history[:half], "reward"), "reward_second_half": mean(history[half:], "reward"),
             "valid_second_half": mean(history[half:], "valid"), "kl_last": round(history[-1]["kl"], 5)}

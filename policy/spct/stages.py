@@ -101,7 +101,7 @@ def rl_stage(model, tokenizer, train, budget, args) -> dict:
 
     items = _subset(train, 100_000, args.seed, "rl")
     cfg = RLConfig(steps=budget.rl_steps, prompts_per_step=budget.rl_prompts, beta=args.beta,
-                   max_new_tokens=budget.max_new_tokens, seed=args.seed)
+                   max_new_tokens=budget.max_new_tokens, seed=args.seed, time_limit_s=budget.rl_time_s)
     grid = []
     if args.beta_grid and not args.data:
         from policy.spct.data import items_from_tasks
@@ -110,7 +110,8 @@ def rl_stage(model, tokenizer, train, budget, args) -> dict:
         validation = items_from_tasks(generate_tasks(min(300, budget.eval_items), 0, "validation"))
         for beta in BETA_GRID:
             trial = copy.deepcopy(model)
-            short = dataclasses.replace(cfg, beta=beta, steps=max(1, cfg.steps // 3))
+            short = dataclasses.replace(cfg, beta=beta, steps=max(1, cfg.steps // 3),
+                                        time_limit_s=cfg.time_limit_s and cfg.time_limit_s / 3)
             train_rl(trial, tokenizer, items, short, desc=f"RL grid beta={beta}")
             grid.append({"beta": beta, "validation_greedy": greedy_eval(trial, tokenizer, validation,
                                                                         budget.max_new_tokens)})
@@ -123,6 +124,7 @@ def rl_stage(model, tokenizer, train, budget, args) -> dict:
 def meta_rm_stage(model, tokenizer, train, budget, args, out):
     """BCE on (prompt, judgment) -> correct, from the RFT samples plus the GRM's own samples."""
     import json
+    import time
 
     from grm.prompts import build_judge_content
     from policy.spct.meta_rm_train import MetaConfig, train_meta_rm
@@ -134,10 +136,16 @@ def meta_rm_stage(model, tokenizer, train, budget, args, out):
     samples = out / "rft_samples.jsonl"
     rows = [json.loads(line) for line in samples.read_text().splitlines()] if samples.exists() else []
     fresh_items = _subset(train, budget.meta_prompts, args.seed + 1, "meta")
-    fresh = sample_groups(judge_for(model.eval(), tokenizer), fresh_items, k=4, temperature=0.5,
-                          max_new_tokens=budget.max_new_tokens, seed=args.seed + 7)
+    grm, fresh, start, chunk = judge_for(model.eval(), tokenizer), [], time.monotonic(), 64
+    for at in range(0, len(fresh_items), chunk):  # in chunks, so a CPU run can stop on time
+        if budget.meta_sample_time_s is not None and at and time.monotonic() - start > budget.meta_sample_time_s:
+            break
+        temperature = 0.5 if at // chunk % 2 else 1.0  # inference's and RFT's, in turn: more varied errors
+        fresh += [dataclasses.replace(t, item=at + t.item)  # sample_groups counts items from 0
+                  for g in sample_groups(grm, fresh_items[at:at + chunk], k=4, temperature=temperature,
+                                         max_new_tokens=budget.max_new_tokens, seed=args.seed + 7 + at) for t in g]
     rows += [{"item": t.item, "permutation": t.permutation, "text": t.text, "scores": t.scores,
-              "correct": t.correct, "hinted": t.hinted, "fresh": True} for g in fresh for t in g]
+              "correct": t.correct, "hinted": t.hinted, "fresh": True} for t in fresh]
     usable = [r for r in rows if r["scores"] is not None and not r["hinted"]] or rows  # invalid never vote
     for r in usable:
         item = (fresh_items if r.get("fresh") else rft_items)[r["item"]].item

@@ -1,6 +1,7 @@
 """SPCT building blocks: the RFT filter, labels from preference data, training examples that
 match what the judge renders, and the shared-prefix log-probabilities."""
 
+import dataclasses
 import json
 
 import pytest
@@ -104,3 +105,44 @@ def test_lr_schedule_warms_up_then_anneals_by_steps_or_time():
     assert lr_at(100, cfg) == pytest.approx(1e-4)
     timed = SFTConfig(steps=100, lr=1e-3, warmup=10, min_lr_ratio=0.1, time_limit_s=60)
     assert lr_at(20, timed, elapsed_s=60) == pytest.approx(1e-4)  # the clock ran out first
+
+
+def _tiny_judge_model():
+    from transformers import AutoModelForCausalLM
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_config("llama", len(tok), hidden=32, layers=2)), tok
+
+
+def test_rl_time_limit_and_teacher_term():
+    from policy.spct.rl import RLConfig, train_rl
+
+    items = items_from_tasks(generate_tasks(12, 0, "train"))
+    base = RLConfig(steps=3, prompts_per_step=2, max_new_tokens=8, seed=0)
+    model, tok = _tiny_judge_model()
+    stats = train_rl(model, tok, items, dataclasses.replace(base, time_limit_s=0.0))
+    assert stats["steps"] == 1  # the first step always runs, the limit stops the next
+    runs = {}
+    for coef in (0.0, 1.0):
+        model, tok = _tiny_judge_model()
+        stats = train_rl(model, tok, items, dataclasses.replace(base, teacher_coef=coef, teacher_batch=2))
+        assert stats["steps"] == 3 and stats["teacher_coef"] == coef
+        runs[coef] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert not torch.equal(runs[0.0], runs[1.0])  # the teacher term changed the update
+    with pytest.raises(ValueError, match="teacher_coef"):
+        RLConfig(teacher_coef=-1)
+
+
+def test_rl_grid_settings_parse_by_field_name_and_type():
+    from policy.spct.rl import RLConfig
+    from policy.spct.rl_grid import parse_settings
+
+    base = RLConfig(steps=5)
+    betas = parse_settings("0,0.08", None, base)
+    assert [s.beta for s in betas] == [0.0, 0.08] and all(s.steps == 5 for s in betas)
+    [s] = parse_settings(None, "lr=2e-5,prompts_per_step=32,advantage_scale=none", base)
+    assert (s.lr, s.prompts_per_step, s.advantage_scale) == (2e-5, 32, "none")
+    assert parse_settings(None, None, base) == [base]
+    with pytest.raises(ValueError, match="unknown RLConfig field 'lrate'"):
+        parse_settings(None, "lrate=1", base)
