@@ -121,6 +121,8 @@ class TransformersEngine:
         # prefill_tokens: prompt tokens run through the prefill (each distinct prompt once);
         # generated_tokens: tokens sampled, EOS included; calls: generate() calls.
         self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "calls": 0}
+        # Padded tokens per prefill forward (None: the whole call in one forward); see _prefill_groups.
+        self.prefill_chunk_tokens: int | None = 4096 if torch.device(model.device).type == "cpu" else None
 
     @classmethod
     def load(cls, path_or_id: str, device: str | None = None, dtype: Any = None,
@@ -166,23 +168,69 @@ class TransformersEngine:
         device = self.model.device
         prefixes = [r.prompt_ids[:-1] for r in requests]
         width = max(len(p) for p in prefixes)  # P
-        cache = DynamicCache(config=self.model.config)
-        rows = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor([r.n for r in requests]))
-        if width == 0:
-            return cache, torch.zeros(len(rows), 0, dtype=torch.long, device=device)
-        ids = torch.full((len(requests), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        rows = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor([r.n for r in requests])).to(device)
+        mask = torch.zeros((len(requests), width), dtype=torch.long, device=device)
         for j, p in enumerate(prefixes):  # left padding: every prompt ends at column P-1
+            mask[j, width - len(p):] = 1
+        cache = DynamicCache(config=self.model.config)
+        if width == 0:
+            return cache, mask[rows]
+        groups = self._prefill_groups(prefixes, cache)
+        if len(groups) == 1:
+            self._forward_prompts(prefixes, cache)
+        else:  # each group fills its own cache; its rows land left-padded to P in the full one
+            filled = [(group, self._forward_prompts([prefixes[j] for j in group]))
+                      for group in groups if any(prefixes[j] for j in group)]  # one-token prompts: all padding
+            for layer in range(len(filled[0][1].layers)):
+                first = filled[0][1].layers[layer].keys  # [g, H, w, D]
+                keys = first.new_zeros(len(requests), first.shape[1], width, first.shape[-1])
+                values = torch.zeros_like(keys)
+                for group, part in filled:
+                    index = torch.tensor(group, device=device)
+                    w = part.layers[layer].keys.shape[-2]
+                    keys[index, :, width - w:] = part.layers[layer].keys
+                    values[index, :, width - w:] = part.layers[layer].values
+                cache.update(keys, values, layer)
+        self.stats["prefill_tokens"] += sum(len(p) for p in prefixes)
+        cache.batch_select_indices(rows)  # [R, ...] -> [B, ...]: the shared prefix
+        return cache, mask[rows]
+
+    def _prefill_groups(self, prefixes: Sequence[Sequence[int]], cache: Any) -> list[list[int]]:
+        """Prompt indices in groups of similar length, each at most ``prefill_chunk_tokens`` padded.
+
+        On a CPU one padded batch of many long prompts runs slower than the same prompts in
+        a few length-sorted groups (measured: 79 judge prompts, 3.65 s in one batch, about
+        2.6 s in four; the activations of smaller groups stay in cache, and less padding
+        is computed). On a GPU the single batch wins, so the chunk is unbounded there.
+        Layers other than plain full-attention ones (sliding windows) keep one batch.
+        """
+        chunk = self.prefill_chunk_tokens
+        if chunk is None or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return [list(range(len(prefixes)))]
+        groups: list[list[int]] = []
+        for j in sorted(range(len(prefixes)), key=lambda j: len(prefixes[j])):
+            if groups and (len(groups[-1]) + 1) * len(prefixes[j]) <= chunk:
+                groups[-1].append(j)  # sorted ascending: this prompt sets the group's width
+            else:
+                groups.append([j])
+        return groups
+
+    def _forward_prompts(self, prefixes: Sequence[Sequence[int]], cache: Any = None) -> Any:
+        """One left-padded forward over ``prefixes``, filling ``cache`` (a new one when None)."""
+        device = self.model.device
+        width = max(len(p) for p in prefixes)
+        ids = torch.full((len(prefixes), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for j, p in enumerate(prefixes):
             if p:
                 ids[j, width - len(p):] = torch.tensor(p)
                 mask[j, width - len(p):] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # pads sit at position 0, masked out
+        cache = cache if cache is not None else DynamicCache(config=self.model.config)
         self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self.stats["prefill_tokens"] += sum(len(p) for p in prefixes)
-        cache.batch_select_indices(rows.to(device))  # [R, ...] -> [B, ...]: the shared prefix
-        return cache, mask[rows.to(device)]
+        return cache
 
     def _decode(self, requests: Sequence[GenerationRequest], budgets: list[int], cache: Any,
                 mask: torch.Tensor) -> dict[tuple[int, int], tuple[list[int], int | None]]:
