@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--betas", default=None, help="KL coefficients, comma-separated (the paper: 0,0.01,0.02,0.08)")
     p.add_argument("--configs", default=None, help="RLConfig settings: 'field=value,...' per setting, ';' between")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--prompts", type=int, default=8, help="prompts per RL step (x4 samples)")
+    p.add_argument("--prompts", type=int, default=32, help="prompts per RL step (x4 samples)")
     p.add_argument("--items", type=int, default=300, help="validation items judged per setting")
     p.add_argument("--test-items", type=int, default=0, help="test items judged per setting (0: none)")
     p.add_argument("--control", action="store_true", help="teacher-only SFT beside each setting with a teacher term")
