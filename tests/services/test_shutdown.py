@@ -20,7 +20,7 @@ from services.client import RetryPolicy, RewardClient
 
 pytestmark = pytest.mark.slow
 NO_RETRY = RetryPolicy(max_attempts=1)
-HEAVY = dict(k=4, max_new_tokens=32, cache_policy="bypass")  # seconds of engine work on 2 CPU cores
+HEAVY = dict(k=4, max_new_tokens=160, cache_policy="bypass")  # 1-2 s of engine work after the refusals on 2 CPU cores
 
 
 def _serving(address: str) -> bool:
