@@ -39,7 +39,8 @@ def parse_settings(betas: str | None, configs: str | None, base: RLConfig) -> li
             name = name.strip()
             if name not in fields:
                 raise ValueError(f"--configs: unknown RLConfig field {name!r}; known: {', '.join(fields)}")
-            kind = type(getattr(base, name))
+            default = getattr(base, name)
+            kind = float if default is None else type(default)  # the optional fields are numbers (time_limit_s)
             changes[name] = kind(value.strip())
         out.append(dataclasses.replace(base, **changes))
     return out or [base]

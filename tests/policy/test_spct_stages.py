@@ -143,6 +143,8 @@ def test_rl_grid_settings_parse_by_field_name_and_type():
     assert [s.beta for s in betas] == [0.0, 0.08] and all(s.steps == 5 for s in betas)
     [s] = parse_settings(None, "lr=2e-5,prompts_per_step=32,advantage_scale=none", base)
     assert (s.lr, s.prompts_per_step, s.advantage_scale) == (2e-5, 32, "none")
+    [s] = parse_settings(None, "time_limit_s=60", base)
+    assert s.time_limit_s == 60.0
     assert parse_settings(None, None, base) == [base]
     with pytest.raises(ValueError, match="unknown RLConfig field 'lrate'"):
         parse_settings(None, "lrate=1", base)
