@@ -35,7 +35,7 @@ from grm.judge import GenerativeRewardModel
 from grm.parsing import parse_judgment, unshuffle
 from grm.transformers_engine import TransformersEngine
 from grm.types import SamplingOptions
-from policy.grpo import group_advantages, grpo_loss
+from policy.grpo import AdvantageScale, LossMode, group_advantages, grpo_loss
 from policy.logprobs import batch_logprobs, target_ids
 from policy.spct.data import SPCT_TEMPLATE, Example, LabeledItem, is_correct, teacher_batches
 
@@ -65,6 +65,10 @@ class RLConfig:
             raise ValueError(f"RLConfig.beta must be >= 0, got {self.beta}")
         if self.teacher_coef < 0:
             raise ValueError(f"RLConfig.teacher_coef must be >= 0, got {self.teacher_coef}")
+        for name, allowed in (("advantage_scale", AdvantageScale), ("loss_mode", LossMode)):
+            if getattr(self, name) not in {a.value for a in allowed}:
+                raise ValueError(f"RLConfig.{name} must be one of {[a.value for a in allowed]}, "
+                                 f"got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,8 @@ def test_rl_time_limit_and_teacher_term():
     assert not torch.equal(runs[0.0], runs[1.0])  # the teacher term changed the update
     with pytest.raises(ValueError, match="teacher_coef"):
         RLConfig(teacher_coef=-1)
+    with pytest.raises(ValueError, match="loss_mode must be one of"):
+        RLConfig(loss_mode="per-token")
 
 
 def test_rl_grid_settings_parse_by_field_name_and_type():
