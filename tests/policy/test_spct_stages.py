@@ -80,12 +80,16 @@ def test_examples_are_what_the_judge_renders():
     assert list(e.prompt_ids) == encode_prompt(tok, build_judge_content(SPCT_TEMPLATE, item, (1, 0)))
 
 
-def test_shared_prefix_logprobs_equal_one_forward_per_row():
+def _tiny_judge_model():
     from transformers import AutoModelForCausalLM
 
     tok = build_tokenizer()
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(tok), hidden=32, layers=2)).eval()
+    return AutoModelForCausalLM.from_config(tiny_config("llama", len(tok), hidden=32, layers=2)), tok
+
+
+def test_shared_prefix_logprobs_equal_one_forward_per_row():
+    model = _tiny_judge_model()[0].eval()
     rows = [Example((5, 6, 7, 8, 9), (10, 11, 12)), Example((5, 6, 7, 20), (13,)), Example((5, 6, 7, 8, 21, 22), (14, 15))]
     with torch.no_grad():
         logp, mask = batch_logprobs(model, rows)
@@ -105,14 +109,6 @@ def test_lr_schedule_warms_up_then_anneals_by_steps_or_time():
     assert lr_at(100, cfg) == pytest.approx(1e-4)
     timed = SFTConfig(steps=100, lr=1e-3, warmup=10, min_lr_ratio=0.1, time_limit_s=60)
     assert lr_at(20, timed, elapsed_s=60) == pytest.approx(1e-4)  # the clock ran out first
-
-
-def _tiny_judge_model():
-    from transformers import AutoModelForCausalLM
-
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(tiny_config("llama", len(tok), hidden=32, layers=2)), tok
 
 
 def test_rl_time_limit_and_teacher_term():
