@@ -2,7 +2,7 @@
 
     grm eval --data pairs.jsonl -k 1,2,4,8,16 --output report.json --plot acc.png
     grm eval --data synthetic:test:500 --model ckpt/ --meta-rm ckpt-meta/ --samples 16
-    grm eval --data hh.jsonl --target 127.0.0.1:50051 --limit 200
+    grm eval --data hh.jsonl --target 127.0.0.1:50051 --limit 200 --judgments judgments.jsonl
 
 For every item it samples S judgments once (``--samples``, temperature 0.5) and one
 greedy judgment, then estimates voting@k and MetaRM@k for every k <= S by drawing
@@ -52,6 +52,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="voting,meta_voting (default: voting, plus meta_voting when a meta RM is loaded)")
     p.add_argument("--output", default="eval_report.json", help="JSON report path (default eval_report.json)")
     p.add_argument("--plot", help="PNG of accuracy against k (needs matplotlib)")
+    p.add_argument("--judgments", help="also write every judgment (sampled and greedy) to this JSONL file, "
+                                       "one line per scored item")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", help="checkpoint path or hub id (default: the bundled GRM)")
     source.add_argument("--target", help="host:port of a running reward service to score through")
@@ -247,10 +249,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "timing": {"seconds": seconds, "judgments_per_s": len(kept) * (samples + 1) / max(seconds, 1e-9)},
     }
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.judgments:
+        write_judgments(args.judgments, kept, sampled, greedy)
     if args.plot:
         plot_accuracy(report, args.plot)
     print(format_table(report))
     return 0
+
+
+def _judgment_json(j) -> dict:
+    return {"text": j.text, "scores": None if j.scores is None else list(j.scores),
+            "permutation": list(j.permutation), "reason": None if j.reason is None else str(j.reason),
+            "meta_score": j.meta_score}
+
+
+def write_judgments(path: str, kept, sampled, greedy) -> None:
+    """One JSON line per scored item: its source line, the labelled best response, and its
+    sampled and greedy judgments (scores in the data's response order, ``permutation`` the
+    order shown to the judge), so the principles and critiques behind a figure can be read."""
+    with open(path, "w", encoding="utf-8") as f:
+        for item, s, g in zip(kept, sampled, greedy):
+            f.write(json.dumps({"line": item.line, "best": item.best,
+                                "sampled": [_judgment_json(j) for j in s.judgments],
+                                "greedy": _judgment_json(g.judgments[0])}) + "\n")
 
 
 def _print_skipped(skipped, shown: int = 10) -> None:

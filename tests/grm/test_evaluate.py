@@ -292,6 +292,28 @@ def test_scored_pipeline_with_a_scripted_judge():
     assert item_seed(0, 1, "sampled") != item_seed(0, 2, "sampled") != item_seed(0, 1, "greedy")
 
 
+def test_judgments_file_holds_every_judgment_in_the_data_order(tmp_path):
+    from grm.eval_cli import write_judgments
+
+    grm = GenerativeRewardModel(NumberJudge(), meta_rm=ConstantMeta())
+    kept, sampled, greedy, _ = score_items(local_scorer(grm), number_items(), samples=3, temperature=0.5,
+                                           max_new_tokens=32, seed=0, meta=True, batch_size=2)
+    write_judgments(tmp_path / "j.jsonl", kept, sampled, greedy)
+    rows = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["best"]) for r in rows] == [(1, 1), (2, 0), (3, 0)]
+    values = [[3, 9], [8, 2, 5], [4, 6]]  # NumberJudge scores a response by its number
+    for row, v in zip(rows, values):
+        assert len(row["sampled"]) == 3
+        for j in row["sampled"] + [row["greedy"]]:
+            assert j["scores"] == v and sorted(j["permutation"]) == list(range(len(v)))
+            assert j["reason"] is None and "\\boxed{" in j["text"]
+            # the text lists the scores in the order shown, which the permutation maps back
+            shown = [int(x) for x in j["text"].split("{")[1].rstrip("}").split(", ")]
+            assert [v[i] for i in j["permutation"]] == shown
+        assert [j["meta_score"] for j in row["sampled"]] == [0.5] * 3
+        assert row["greedy"]["meta_score"] is None  # greedy judgments are not rated
+
+
 def test_unscorable_items_are_skipped_with_a_reason():
     import grpc
 
@@ -329,10 +351,13 @@ def test_eval_command_end_to_end_on_a_tiny_model(tmp_path, capsys):
     out, png = tmp_path / "report.json", tmp_path / "acc.png"
     rc = main(["eval", "--data", str(DATA / "pairs.jsonl"), "--model", str(model), "--limit", "3",
                "--samples", "2", "-k", "1,2", "--max-new-tokens", "8", "--bootstrap", "50",
-               "--output", str(out), "--plot", str(png)])
+               "--output", str(out), "--plot", str(png), "--judgments", str(tmp_path / "j.jsonl")])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["items"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 7] and all(r["best"] == 0 for r in rows)
+    assert all(j["scores"] is None and j["reason"] for r in rows for j in r["sampled"] + [r["greedy"]])
     assert report["skipped"]["by_reason"] == {"bad_json": 1, "empty_response": 1, "missing_field": 1}
     assert [s["line"] for s in report["skipped"]["lines"]] == [3, 4, 5]
     assert [r["accuracy"] for r in report["accuracy"]["voting"]] == [0.0, 0.0]
