@@ -382,6 +382,48 @@ def matrix_from_results(results: Sequence[ScoreResult], best: Sequence[int], met
     return SampleMatrix(scores, np.asarray(best), ratings if meta else None, shown_at)
 
 
+def sample_outcomes(m: SampleMatrix) -> np.ndarray:
+    """[I, S] per sample: 1 when the labelled best response is strictly on top, 0 when it
+    shares the top with another, -1 when another is above it, NaN for an invalid sample."""
+    scores = np.where(np.isnan(m.scores), -np.inf, m.scores)
+    rows = np.arange(len(m.best))
+    best = scores[rows, :, m.best]  # [I, S]
+    others = scores.copy()
+    others[rows, :, m.best] = -np.inf
+    with np.errstate(invalid="ignore"):  # an invalid sample: -inf - -inf
+        gap = best - others.max(axis=-1)
+    return np.where(m.valid, np.sign(gap), np.nan)
+
+
+def within_item_auc(rating: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> tuple[float | None, int]:
+    """AUC of ``rating`` [I, S] for samples marked ``upper`` against samples marked ``lower``
+    ([I, S] masks), counting only pairs from the same item (equal ratings count 1/2).
+    Returns (AUC or None when there is no pair, number of pairs)."""
+    higher = rating[:, :, None] > rating[:, None, :]  # [I, S, S]
+    equal = rating[:, :, None] == rating[:, None, :]
+    pairs = upper[:, :, None] & lower[:, None, :]
+    count = int(pairs.sum())
+    if not count:
+        return None, 0
+    return float((higher[pairs].sum() + 0.5 * equal[pairs].sum()) / count), count
+
+
+def meta_separation(m: SampleMatrix) -> dict:
+    """How well the meta RM tells samples of the same item apart, which is all guided voting
+    uses: right rankings against wrong ones, and untied against tied (a tie at the top
+    changes no vote between the tied responses, so spotting ties alone gains nothing)."""
+    if m.meta is None:
+        raise ValueError("meta_separation needs SampleMatrix.meta")
+    outcome = sample_outcomes(m)
+    rating = np.where(m.valid, m.meta, np.nan)
+    right_wrong, n_rw = within_item_auc(rating, outcome == 1, outcome == -1)
+    untied_tied, n_ut = within_item_auc(rating, np.abs(outcome) == 1, outcome == 0)
+    return {"right_vs_wrong_auc": right_wrong, "right_vs_wrong_pairs": n_rw,
+            "untied_vs_tied_auc": untied_tied, "untied_vs_tied_pairs": n_ut,
+            "share": {name: float((outcome[m.valid] == v).mean()) if m.valid.any() else None
+                      for name, v in (("right", 1), ("tied", 0), ("wrong", -1))}}
+
+
 def summarize(m: SampleMatrix, greedy_correct: np.ndarray, greedy_shown_at: np.ndarray, ks: Sequence[int],
               aggregations: Sequence[str] = ("voting",), rounds: int = 1000, seed: int = 0,
               level: float = 0.95) -> dict:
@@ -394,9 +436,12 @@ def summarize(m: SampleMatrix, greedy_correct: np.ndarray, greedy_shown_at: np.n
     single = vote_correct(m, alone, np.random.default_rng([seed, 1])).T  # [I, S]
     accuracy = {a: [{"k": k, **e.to_json()} for k, e in zip(ks, curve)] for a, curve in curves.items()}
     accuracy["greedy"] = item_bootstrap(greedy_correct, rounds, seed, level).to_json()
-    return {
+    report = {
         "accuracy": accuracy,
         "parse_valid_rate": float(m.valid.mean()),
         "position_bias": {"voting@1": position_accuracy(single, m.shown_at, num_positions),
                           "greedy": position_accuracy(greedy_correct, greedy_shown_at, num_positions)},
     }
+    if m.meta is not None:
+        report["meta_rm"] = meta_separation(m)
+    return report

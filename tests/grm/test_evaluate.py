@@ -29,7 +29,8 @@ import pytest
 from grm.aggregation import aggregate
 from grm.eval_cli import item_seed, load_data, local_scorer, remote_scorer, score_items
 from grm.evaluate import (EvalItem, SampleMatrix, SkipReason, bootstrap_accuracy, item_bootstrap, matrix_from_results,
-                          parse_lines, position_accuracy, predict_best, summarize, vote_correct)
+                          meta_separation, parse_lines, position_accuracy, predict_best, sample_outcomes, summarize,
+                          vote_correct)
 from grm.judge import GenerativeRewardModel
 from grm.testing import build_tokenizer
 from grm.types import Aggregation, Completion, InvalidReason, Judgment, ScoreInput
@@ -185,6 +186,24 @@ def test_meta_voting_keeps_the_top_half_by_meta_score():
     assert vote_correct(low, subsets, rng, k_meta=2)[0, 0]  # 0 and 2 -> 17-3
 
 
+def test_meta_separation_compares_samples_of_the_same_item_only():
+    nan = np.nan
+    m = SampleMatrix(scores=np.array([[[8, 5], [5, 5], [3, 7], [9, 2]],        # right, tie, wrong, right
+                                      [[nan, nan], [2, 6], [6, 2], [4, 4]]]),  # invalid, right, wrong, tie
+                     best=np.array([0, 1]),
+                     meta=np.array([[0.9, 0.1, 0.5, 0.4], [nan, 0.3, 0.3, 0.35]]))
+    assert np.array_equal(sample_outcomes(m), [[1, 0, -1, 1], [nan, 1, -1, 0]], equal_nan=True)
+    sep = meta_separation(m)
+    # right vs wrong: item 0 (0.9 > 0.5 yes, 0.4 > 0.5 no), item 1 (0.3 = 0.3, half) -> 1.5 / 3;
+    # pairing across items would add item 0's rights against item 1's wrong (both above 0.3)
+    assert (sep["right_vs_wrong_auc"], sep["right_vs_wrong_pairs"]) == (0.5, 3)
+    # untied vs tied: item 0 all three above 0.1, item 1 both below 0.35 -> 3 / 5
+    assert (sep["untied_vs_tied_auc"], sep["untied_vs_tied_pairs"]) == (pytest.approx(0.6), 5)
+    assert sep["share"] == {"right": pytest.approx(3 / 7), "tied": pytest.approx(2 / 7), "wrong": pytest.approx(2 / 7)}
+    with pytest.raises(ValueError, match="meta"):
+        meta_separation(SampleMatrix(m.scores, m.best))
+
+
 def test_bootstrap_matches_exact_enumeration_on_random_matrices():
     rng = np.random.default_rng(7)
     scores = rng.integers(1, 11, size=(6, 5, 3)).astype(float)
@@ -286,6 +305,8 @@ def test_scored_pipeline_with_a_scripted_judge():
     for a in ("voting", "meta_voting"):
         assert [r["accuracy"] for r in report["accuracy"][a]] == pytest.approx([2 / 3] * 3)
     assert report["accuracy"]["greedy"]["accuracy"] == pytest.approx(2 / 3)
+    # every sample of an item agrees, so no two samples of one item differ in outcome
+    assert report["meta_rm"]["right_vs_wrong_auc"] is None and report["meta_rm"]["right_vs_wrong_pairs"] == 0
     assert report["parse_valid_rate"] == 1.0
     assert sum(r["count"] for r in report["position_bias"]["voting@1"]) == 12
     assert sum(r["count"] for r in report["position_bias"]["greedy"]) == 3
