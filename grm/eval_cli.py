@@ -7,7 +7,9 @@
 For every item it samples S judgments once (``--samples``, temperature 0.5) and one
 greedy judgment, then estimates voting@k and MetaRM@k for every k <= S by drawing
 k-subsets of the S samples, with 95% intervals from a bootstrap over items
-(``grm.evaluate``). Scoring runs in-process (``--model``, default: the bundled GRM) or
+(``grm.evaluate``). With a meta RM the report also says how well its ratings separate
+samples of the same item (right from wrong rankings, untied from tied), which is what guided
+voting depends on. Scoring runs in-process (``--model``, default: the bundled GRM) or
 through a running reward service (``--target``). Unusable lines are reported and skipped.
 
 Only argparse is imported at module level: ``grm.cli`` builds its parser from here.
