@@ -317,10 +317,10 @@ def format_table(report: dict) -> str:
                  f"greedy {100 * report['greedy_valid_rate']:.1f}%")
     if "meta_rm" in report:
         sep = report["meta_rm"]
-        auc = lambda v: "-" if v is None else f"{v:.3f}"
-        lines.append(f"meta RM within items: AUC right vs wrong ranking {auc(sep['right_vs_wrong_auc'])} "
-                     f"({sep['right_vs_wrong_pairs']} pairs), untied vs tied {auc(sep['untied_vs_tied_auc'])} "
-                     f"({sep['untied_vs_tied_pairs']} pairs)")
+        right, untied = (("-" if v is None else f"{v:.3f}")
+                         for v in (sep["right_vs_wrong_auc"], sep["untied_vs_tied_auc"]))
+        lines.append(f"meta RM within items: AUC right vs wrong ranking {right} ({sep['right_vs_wrong_pairs']} "
+                     f"pairs), untied vs tied {untied} ({sep['untied_vs_tied_pairs']} pairs)")
     for name, rows in report["position_bias"].items():
         cells = [f"pos {r['position']}: " + ("-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}")
                  + f" (n={r['count']})" for r in rows]

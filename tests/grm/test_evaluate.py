@@ -307,6 +307,11 @@ def test_scored_pipeline_with_a_scripted_judge():
     assert report["accuracy"]["greedy"]["accuracy"] == pytest.approx(2 / 3)
     # every sample of an item agrees, so no two samples of one item differ in outcome
     assert report["meta_rm"]["right_vs_wrong_auc"] is None and report["meta_rm"]["right_vs_wrong_pairs"] == 0
+    from grm.eval_cli import format_table
+    table = format_table({**report, "items": 3, "skipped": {"count": 0}, "samples_total": 12, "greedy_valid_rate": 1.0,
+                          "settings": {"aggregations": ["voting", "meta_voting"], "k": [1, 2, 4], "samples": 4,
+                                       "bootstrap_rounds": 200}})
+    assert "meta RM within items: AUC right vs wrong ranking - (0 pairs)" in table
     assert report["parse_valid_rate"] == 1.0
     assert sum(r["count"] for r in report["position_bias"]["voting@1"]) == 12
     assert sum(r["count"] for r in report["position_bias"]["greedy"]) == 3
