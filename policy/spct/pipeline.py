@@ -77,6 +77,13 @@ QUICK = Budget(ModelSize(hidden=64, layers=2, heads=2, intermediate=128), train_
 BETA_GRID = (0.0, 0.01, 0.02, 0.08)  # the paper's grid for the KL coefficient
 
 
+def train_items(budget: Budget, seed: int):
+    """The synthetic training items: two-response tasks, plus 15% as many with three and 7% with one."""
+    return items_from_tasks(generate_tasks(budget.train_tasks, seed, "train")
+                            + generate_tasks(budget.train_tasks * 15 // 100, seed, "train", num_responses=3)
+                            + generate_tasks(budget.train_tasks * 7 // 100, seed, "train", num_responses=1))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="grm spct", description=__doc__.split("\n\n")[0])
     add_arguments(p)
@@ -108,9 +115,7 @@ def run(args: argparse.Namespace) -> int:
         n_test = min(budget.eval_items, len(items) // 10)
         test, train = items[:n_test], items[n_test:]
     else:
-        train = items_from_tasks(generate_tasks(budget.train_tasks, args.seed, "train")
-                                 + generate_tasks(budget.train_tasks * 15 // 100, args.seed, "train", num_responses=3)
-                                 + generate_tasks(budget.train_tasks * 7 // 100, args.seed, "train", num_responses=1))
+        train = train_items(budget, args.seed)
         test = items_from_tasks(generate_tasks(budget.eval_items, 0, "test"))
 
     # ---- stage 0: tokenizer and the starting model

@@ -121,29 +121,47 @@ def rl_stage(model, tokenizer, train, budget, args) -> dict:
     return {**train_rl(model, tokenizer, items, cfg), "beta_grid": grid}
 
 
+def meta_items(train, n: int, seed: int):
+    """The train items whose fresh samples teach the meta RM (the same for the same seed)."""
+    return _subset(train, n, seed + 1, "meta")
+
+
+def meta_samples(grm, items, seed: int, max_new_tokens: int, time_limit_s: float | None = None, chunk: int = 64):
+    """4 judgments per item from ``grm``, as Trajectories (``item`` indexes ``items``).
+
+    In chunks of ``chunk`` items, alternately at temperature 1.0 (RFT's: more varied errors)
+    and 0.5 (inference's); sampling stops after ``time_limit_s`` at a chunk boundary.
+    """
+    import time
+
+    from policy.spct.rft import sample_groups
+
+    out, start = [], time.monotonic()
+    for at in range(0, len(items), chunk):
+        if time_limit_s is not None and at and time.monotonic() - start > time_limit_s:
+            break
+        temperature = 0.5 if at // chunk % 2 else 1.0
+        out += [dataclasses.replace(t, item=at + t.item)  # sample_groups counts items from 0
+                for g in sample_groups(grm, items[at:at + chunk], k=4, temperature=temperature,
+                                       max_new_tokens=max_new_tokens, seed=seed + 7 + at) for t in g]
+    return out
+
+
 def meta_rm_stage(model, tokenizer, train, budget, args, out):
     """BCE on (prompt, judgment) -> correct, from the RFT samples plus the GRM's own samples."""
     import json
-    import time
 
     from grm.prompts import build_judge_content
     from policy.spct.meta_rm_train import MetaConfig, train_meta_rm
-    from policy.spct.rft import sample_groups
     from policy.spct.stage_eval import judge_for
 
     pairs, labels = [], []
     rft_items = _subset(train, budget.rft_prompts, args.seed, "rft")  # the items rft_samples.jsonl indexes
     samples = out / "rft_samples.jsonl"
     rows = [json.loads(line) for line in samples.read_text().splitlines()] if samples.exists() else []
-    fresh_items = _subset(train, budget.meta_prompts, args.seed + 1, "meta")
-    grm, fresh, start, chunk = judge_for(model.eval(), tokenizer), [], time.monotonic(), 64
-    for at in range(0, len(fresh_items), chunk):  # in chunks, so a CPU run can stop on time
-        if budget.meta_sample_time_s is not None and at and time.monotonic() - start > budget.meta_sample_time_s:
-            break
-        temperature = 0.5 if at // chunk % 2 else 1.0  # inference's and RFT's, in turn: more varied errors
-        fresh += [dataclasses.replace(t, item=at + t.item)  # sample_groups counts items from 0
-                  for g in sample_groups(grm, fresh_items[at:at + chunk], k=4, temperature=temperature,
-                                         max_new_tokens=budget.max_new_tokens, seed=args.seed + 7 + at) for t in g]
+    fresh_items = meta_items(train, budget.meta_prompts, args.seed)
+    fresh = meta_samples(judge_for(model.eval(), tokenizer), fresh_items, args.seed, budget.max_new_tokens,
+                         budget.meta_sample_time_s)
     rows += [{"item": t.item, "permutation": t.permutation, "text": t.text, "scores": t.scores,
               "correct": t.correct, "hinted": t.hinted, "fresh": True} for t in fresh]
     usable = [r for r in rows if r["scores"] is not None and not r["hinted"]] or rows  # invalid never vote
