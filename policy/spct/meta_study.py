@@ -104,25 +104,21 @@ def main(argv=None) -> int:
     if not recipes or set(recipes) - set(RECIPES):
         p.error(f"--recipes takes {', '.join(RECIPES)}, got {args.recipes!r}")
 
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from grm.default_model import default_model_path
+    from grm.eval_cli import load_data, local_scorer, score_items, write_judgments
     from grm.evaluate import SampleMatrix, bootstrap_accuracy, meta_separation
     from grm.judge import GenerativeRewardModel
     from grm.meta_rm import MetaRewardModel
     from grm.prompts import build_judge_content
     from policy.spct.meta_rm_train import META_MAX_LENGTH, MetaConfig, train_meta_rm
     from policy.spct.pipeline import FULL, train_items
+    from policy.spct.stages import meta_items, meta_samples
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = args.grm or str(default_model_path())
     grm = GenerativeRewardModel.load(path, device="cpu")
-    train = train_items(FULL, args.seed)
-    from policy.spct.stages import meta_items, meta_samples
-
-    items = meta_items(train, args.prompts, args.seed)
+    items = meta_items(train_items(FULL, args.seed), args.prompts, args.seed)
     samples = out / "train_samples.jsonl"
     if not samples.exists():
         fresh = meta_samples(grm, items, args.seed, args.max_new_tokens)
@@ -131,8 +127,6 @@ def main(argv=None) -> int:
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
 
     validation = out / "validation.jsonl"
-    from grm.eval_cli import load_data, local_scorer, score_items, write_judgments
-
     val_items, _ = load_data(f"synthetic:validation:{args.val_items}", None)
     if not validation.exists():
         kept, sampled, greedy, _ = score_items(local_scorer(grm), val_items, samples=16, temperature=0.5,
@@ -146,13 +140,13 @@ def main(argv=None) -> int:
                                      tuple(val_rows[i]["sampled"][s]["permutation"])),
                  val_rows[i]["sampled"][s]["text"]) for i, s in where]
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ks = [k for k in (1, 2, 4, 8, 16) if k <= plain.scores.shape[1]]
     for recipe in recipes:
         chosen, labels = recipe_data(rows, [it.best for it in items], recipe, args.seed)
         pairs = [(build_judge_content(grm.template, items[r["item"]].item, tuple(r["permutation"])), r["text"])
                  for r in chosen]
-        meta, tokenizer, stats = train_meta_rm(model, grm.engine.tokenizer, pairs, labels,
+        # The GRM's own weights (float32 on the CPU) start each meta RM; train_meta_rm only reads them.
+        meta, tokenizer, stats = train_meta_rm(grm.engine.model, grm.engine.tokenizer, pairs, labels,
                                                MetaConfig(steps=args.steps, batch_size=args.batch_size,
                                                           seed=args.seed), desc=f"meta RM ({recipe})")
         meta.eval()
