@@ -43,8 +43,8 @@ from redis_fixtures import RedisServer
 from grm.default_model import default_model_path
 from grm.judge import GenerativeRewardModel
 from grm.types import SamplingOptions
+from grm_cli.common import set_threads
 from services.cache import RedisCache
-from services.cli import set_threads
 from services.client import RetryPolicy, RewardClient
 from services.server import BackgroundServer, ServerConfig
 from services.servicer import SERVICE_NAME

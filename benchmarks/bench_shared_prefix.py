@@ -5,7 +5,7 @@ one long prompt, and times k samples of exactly ``--new-tokens`` tokens each way
 
   (a) TransformersEngine: the prompt is prefilled once, its cache rows copied to k samples;
   (b) ``model.generate(do_sample=True, num_return_sequences=k, min_new_tokens=m)``, which
-      copies the prompt k times and prefills it k times (DESIGN.md section 8).
+      copies the prompt k times and prefills it k times (docs/design.md, "Engines and batching").
 
 EOS is disabled for (a) and suppressed by ``min_new_tokens`` for (b), so both produce
 k x m tokens. After one warm-up of each, every run times (a) then (b); the script prints

@@ -1,6 +1,6 @@
 """Aggregate k parsed judgments into one reward per response: voting and meta-RM voting.
 
-Voting (DeepSeek-GRM, Liu et al. 2025, arXiv 2504.02495; DESIGN.md section 1):
+Voting (DeepSeek-GRM, Liu et al. 2025, arXiv 2504.02495; docs/design.md, "Judging and voting"):
 ``S*_i = sum over valid samples j of S_ij``; summing k integer scores in 1..10 widens
 the reward space k-fold, so ties become rare. Meta-RM guided voting sums only the
 ``k_meta`` valid samples the meta RM rates highest (default ``max(1, k // 2)``, with k

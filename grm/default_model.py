@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+from grm.testing import build_tiny_model
+
 PACKAGED = Path(__file__).parent / "models" / "grm-default"
 PACKAGED_META = Path(__file__).parent / "models" / "meta-rm-default"
 
@@ -27,8 +29,6 @@ def default_model_path() -> Path:
         return PACKAGED
     path = grm_home() / "untrained-default"
     if not (path / "config.json").exists():
-        from grm.testing import build_tiny_model
-
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         build_tiny_model(tmp, arch="llama", seed=0)
         if path.exists():  # another process won the race

@@ -2,7 +2,7 @@
 
 An engine turns token-id prompts into sampled continuations. Each request asks for
 ``n`` samples from one prompt; an engine is expected to prefill that prompt once and
-sample the ``n`` continuations from the shared prefix (DESIGN.md section 8). Requests
+sample the ``n`` continuations from the shared prefix (docs/design.md, "Engines and batching"). Requests
 in one call may differ in length and sampling options, so a scheduler can merge work
 from many callers into one engine pass.
 

@@ -7,7 +7,7 @@ Two halves, both free of models and I/O beyond reading a file, so they test in m
   used becomes a ``Skipped`` with its line number and a reason, never an exception;
 - **maths** over plain numpy arrays: a ``SampleMatrix`` holds the scores of S sampled
   judgments per item, and ``bootstrap_accuracy`` estimates accuracy@k for voting and
-  meta-RM voting by drawing k-subsets of the S samples (DESIGN.md section 11; the paper's
+  meta-RM voting by drawing k-subsets of the S samples (docs/design.md, "The small judge"; the paper's
   figures are voting@k and MetaRM@k, DeepSeek-GRM, Liu et al. 2025, section 5), and
   ``meta_separation`` measures how well the meta RM orders samples of the same item.
 

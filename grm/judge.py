@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,8 @@ from grm.aggregation import aggregate
 from grm.engine import GenerationEngine, GenerationRequest
 from grm.parsing import parse_judgment, unshuffle
 from grm.prompts import build_judge_content, encode_prompt, sample_permutations
-from grm.templates import DEFAULT_TEMPLATE, JudgeTemplate
+from grm.seeds import mix_seed
+from grm.templates import DEFAULT_TEMPLATE, JudgeTemplate, load_template
 from grm.types import (Aggregation, AggregationOptions, Completion, Judgment, Message,
                        SamplingOptions, ScoreInput, ScoreResult)
 
@@ -50,6 +50,7 @@ class InputTooLong(ValueError):
 
 class MetaScorer(Protocol):
     model_id: str
+    revision: str  # the weights by content; part of a result's cache identity
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """(judge prompt text, judgment text) -> probability the judgment is correct."""
@@ -57,11 +58,22 @@ class MetaScorer(Protocol):
 
 
 @dataclass(frozen=True)
-class _Prompt:
+class PlanPrompt:
+    """One distinct prompt of a plan and the samples drawn from it."""
+
     content: str  # the judge's user message
     ids: tuple[int, ...]  # [L] rendered and tokenized
-    permutation: tuple[int, ...]  # [N]
+    permutation: tuple[int, ...]  # [N] the order the responses are shown in
     samples: tuple[int, ...]  # which of the k samples use this prompt
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled judgment: the prompt it was drawn from, the engine's output, its parse."""
+
+    prompt: PlanPrompt
+    completion: Completion  # token ids kept: RL trains on them
+    judgment: Judgment  # scores mapped back to the original response order
 
 
 @dataclass(frozen=True)
@@ -71,20 +83,18 @@ class Plan:
     item: ScoreInput
     sampling: SamplingOptions
     aggregation: AggregationOptions
-    prompts: tuple[_Prompt, ...]
+    prompts: tuple[PlanPrompt, ...]
 
     @property
     def prompt_tokens(self) -> int:
         return sum(len(p.ids) for p in self.prompts)
 
     @property
-    def max_prompt_len(self) -> int:
-        return max(len(p.ids) for p in self.prompts)
-
-
-def _mix_seed(seed: int, salt: int) -> int:
-    digest = hashlib.blake2b(f"{seed}:{salt}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    def cost(self) -> tuple[int, int]:
+        """(tokens, sequences) the engine holds for this plan: each of the k sequences keeps
+        its prompt plus its whole generation budget, the bound a scheduler packs against."""
+        tokens = sum(len(p.samples) * (len(p.ids) + self.sampling.max_new_tokens) for p in self.prompts)
+        return tokens, self.sampling.k
 
 
 class GenerativeRewardModel:
@@ -104,8 +114,7 @@ class GenerativeRewardModel:
         The template is, in order: the one given; the one the checkpoint was trained with
         (``grm_template.json`` beside its weights, see ``save_template``); the default.
         """
-        from grm.meta_rm import MetaRewardModel
-        from grm.templates import load_template
+        from grm.meta_rm import MetaRewardModel  # torch: importing grm stays light
         from grm.transformers_engine import TransformersEngine
 
         engine = TransformersEngine.load(path, device=device)
@@ -128,6 +137,15 @@ class GenerativeRewardModel:
     def max_context(self) -> int:
         return self.engine.max_context
 
+    def cache_identity(self, aggregation: AggregationOptions = AggregationOptions()) -> dict[str, str]:
+        """What names this judge's results, apart from the input and its options: the model,
+        its weights by content, the template, and under meta voting the meta RM's weights too.
+        A result cache keys on this, so new weights or a new template never read old scores."""
+        revision = self.revision
+        if aggregation.aggregation is Aggregation.META_VOTING and self.meta_rm is not None:
+            revision += "+meta:" + self.meta_rm.revision
+        return {"model_id": self.model_id, "revision": revision, "template_version": self.template.version}
+
     def score(self, conversation: str | Sequence[Message | dict], responses: Sequence[str], *,
               k: int = 8, temperature: float = 0.5, top_p: float = 1.0, max_new_tokens: int = 512,
               seed: int = 0, shuffle: bool = True, aggregation: str = "voting",
@@ -140,22 +158,32 @@ class GenerativeRewardModel:
         return self.score_batch([item], sampling, AggregationOptions(Aggregation(aggregation), k_meta))[0]
 
     def plan(self, item: ScoreInput, sampling: SamplingOptions,
-             aggregation: AggregationOptions = AggregationOptions()) -> Plan:
-        """Render and tokenize the distinct prompts of one input; raise InputTooLong if one cannot fit."""
+             aggregation: AggregationOptions = AggregationOptions(), *,
+             permutations: Sequence[Sequence[int]] | None = None, suffix: str = "") -> Plan:
+        """Render and tokenize the distinct prompts of one input; raise InputTooLong if one cannot fit.
+
+        ``permutations`` (one per sample) replaces the seeded shuffles and ``suffix`` is
+        appended to every prompt; training uses both for hinted sampling, serving neither.
+        """
         if aggregation.aggregation is Aggregation.META_VOTING and self.meta_rm is None:
             raise ValueError("aggregation meta_voting needs a meta RM; load one with meta_rm=...")
-        perms = sample_permutations(len(item.responses), sampling.k, sampling.seed, sampling.shuffle)
+        if permutations is None:
+            perms = sample_permutations(len(item.responses), sampling.k, sampling.seed, sampling.shuffle)
+        elif len(permutations) != sampling.k:
+            raise ValueError(f"permutations must give one order per sample ({sampling.k}), got {len(permutations)}")
+        else:
+            perms = [tuple(p) for p in permutations]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, perm in enumerate(perms):
             groups.setdefault(tuple(perm), []).append(i)
         prompts = []
         for perm, samples in groups.items():
-            content = build_judge_content(self.template, item, perm)
+            content = build_judge_content(self.template, item, perm) + suffix
             ids = tuple(encode_prompt(self.engine.tokenizer, content))
             if len(ids) >= self.max_context:
                 raise InputTooLong(f"the rendered prompt has {len(ids)} tokens; the model's context "
                                    f"is {self.max_context} tokens, leaving no room to generate")
-            prompts.append(_Prompt(content, ids, perm, tuple(samples)))
+            prompts.append(PlanPrompt(content, ids, perm, tuple(samples)))
         return Plan(item, sampling, aggregation, tuple(prompts))
 
     def score_batch(self, items: Sequence[ScoreInput],
@@ -168,29 +196,40 @@ class GenerativeRewardModel:
         plans = [self.plan(it, s, a) for it, s, a in zip(items, samplings, aggregations)]
         return self.run_plans(plans)
 
-    def run_plans(self, plans: Sequence[Plan]) -> list[ScoreResult]:
-        """Generate every plan's samples in one engine call, then parse and aggregate each."""
+    def sample(self, plans: Sequence[Plan]) -> list[list[Sample]]:
+        """Every plan's k samples from one engine call, parsed; per plan, in sample order.
+
+        The one place the judge is sampled: serving and evaluation aggregate these, RFT
+        filters them, RL trains on their token ids. Each distinct prompt is one request for
+        as many samples as chose it, seeded by the plan's seed and its first sample.
+        """
         requests = [
             GenerationRequest(p.ids, n=len(p.samples), temperature=plan.sampling.temperature,
                               top_p=plan.sampling.top_p, max_new_tokens=plan.sampling.max_new_tokens,
-                              seed=_mix_seed(plan.sampling.seed, p.samples[0]))
+                              seed=mix_seed(plan.sampling.seed, p.samples[0]))
             for plan in plans for p in plan.prompts
         ]
         outputs = iter(self.engine.generate(requests)) if requests else iter(())
-        return [self._finish(plan, [next(outputs) for _ in plan.prompts]) for plan in plans]
+        sampled = []
+        for plan in plans:
+            by_index: list[Sample | None] = [None] * plan.sampling.k
+            for prompt in plan.prompts:
+                for index, completion in zip(prompt.samples, next(outputs)):
+                    judgment = _judgment(completion, len(plan.item.responses), prompt.permutation)
+                    by_index[index] = Sample(prompt, completion, judgment)
+            sampled.append(by_index)
+        return sampled
 
-    def _finish(self, plan: Plan, outputs: list[list[Completion]]) -> ScoreResult:
-        n, k = len(plan.item.responses), plan.sampling.k
-        judgments: list[Judgment | None] = [None] * k
-        contents: list[str] = [""] * k
-        for prompt, completions in zip(plan.prompts, outputs):
-            for sample, completion in zip(prompt.samples, completions):
-                judgments[sample] = _judgment(completion, n, prompt.permutation)
-                contents[sample] = prompt.content
+    def run_plans(self, plans: Sequence[Plan]) -> list[ScoreResult]:
+        """Sample every plan in one engine call, then rate (meta voting) and aggregate each."""
+        return [self._finish(plan, samples) for plan, samples in zip(plans, self.sample(plans))]
+
+    def _finish(self, plan: Plan, samples: list[Sample]) -> ScoreResult:
+        judgments = [s.judgment for s in samples]
         if plan.aggregation.aggregation is Aggregation.META_VOTING:
-            judgments = self._rate(judgments, contents)
-        result = aggregate(judgments, n, plan.aggregation.aggregation, plan.aggregation.k_meta,
-                           seed=plan.sampling.seed)
+            judgments = self._rate(judgments, [s.prompt.content for s in samples])
+        result = aggregate(judgments, len(plan.item.responses), plan.aggregation.aggregation,
+                           plan.aggregation.k_meta, seed=plan.sampling.seed)
         return dataclasses.replace(result, prompt_tokens=plan.prompt_tokens,
                                    completion_tokens=sum(j.num_tokens for j in judgments))
 

@@ -2,7 +2,7 @@
 
 Only the model's generated text is read, never the prompt or the responses, so a
 response that contains ``\\boxed{10, 10}`` or a fake ``Scores:`` line cannot change
-what is parsed (DESIGN.md section 4).
+what is parsed (docs/design.md, "Judgment format").
 
 Example::
 

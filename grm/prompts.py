@@ -3,7 +3,7 @@
 Three steps, one function each:
 
 1. ``sample_permutations(n, k, seed)``: the order in which each of the k samples is
-   shown the n responses (shuffled per sample against position bias, DESIGN.md section 1).
+   shown the n responses (shuffled per sample against position bias, docs/design.md, "Judging and voting").
 2. ``build_judge_content(template, item, permutation)``: the text of the one user
    message to the judge. Untrusted text (conversation, responses, principles,
    reference) is defanged first: copies of the template's fences and section headers

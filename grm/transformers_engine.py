@@ -2,7 +2,7 @@
 
 ``model.generate(num_return_sequences=k)`` copies every prompt k times before the
 prefill, so a 2,000-token judge prompt is pushed through the model k times
-(DESIGN.md section 8). This engine prefills each distinct prompt ONCE and then
+(docs/design.md, "Engines and batching"). This engine prefills each distinct prompt ONCE and then
 copies the filled KV cache rows to the k samples:
 
 1. left-pad the prompts of one call into a batch and run one forward over every
@@ -38,6 +38,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from grm.engine import GenerationRequest
+from grm.seeds import mix_seed
 from grm.types import Completion
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -70,12 +71,6 @@ def checkpoint_revision(path_or_id: str | os.PathLike, commit: str | None = None
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def sample_seed(seed: int, i: int) -> int:
-    """The generator seed of sample ``i`` of a request seeded ``seed`` (a stable 63-bit hash)."""
-    raw = hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()
-    return int.from_bytes(raw, "little") >> 1
 
 
 def default_device_dtype(device: str | torch.device | None, dtype: Any) -> tuple[torch.device, torch.dtype]:
@@ -346,7 +341,7 @@ class _Sampler:
             g = None
             if r.temperature > 0:
                 g = torch.Generator(device=device)
-                g.manual_seed(sample_seed(r.seed, i))
+                g.manual_seed(mix_seed(r.seed, i))
             self.generators.append(g)
 
     def retire(self, slot: int) -> None:

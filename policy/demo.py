@@ -23,7 +23,6 @@ Writes ``metrics.jsonl`` (one record per step), ``summary.json`` and ``grpo_demo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import random
@@ -33,38 +32,61 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from grm.default_model import default_model_path
 from grm.engine import GenerationRequest
+from grm.judge import GenerativeRewardModel
+from grm.tasks import Task, generate_tasks, true_score
 from grm.transformers_engine import TransformersEngine
-from policy.args import add_demo_arguments
 from policy.logprobs import Example
+from policy.model import ModelSize, build_model
 from policy.rewards import ServiceReward
-from policy.spct.model import ModelSize, build_model
-from policy.spct.sft import SFTConfig, train_sft
-from policy.spct.tasks import Task, generate_tasks, true_score
+from policy.sft import SFTConfig, train_sft
 from policy.trainer import GRPOConfig, GRPOTrainer, Rollouts, encode_prompt
+from services.cache import MemoryCache, RedisCache
+from services.server import BackgroundServer, ServerConfig
 
 POLICY_SIZE = ModelSize(hidden=192, layers=4, heads=4, intermediate=512, max_positions=256)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="grm grpo-demo", description=__doc__.split("\n\n")[0])
-    add_demo_arguments(p)
-    return p.parse_args(argv)
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's settings (``grm grpo-demo`` has a flag for each)."""
+
+    out: str = "runs/grpo-demo"  # output folder
+    target: str | None = None  # a running service (host:port) instead of starting one
+    steps: int = 120  # GRPO steps
+    sft_steps: int = 500  # fine-tuning steps before GRPO
+    prompts_per_step: int = 8
+    group_size: int = 4
+    k: int = 2  # GRM judgments per input
+    grouped: bool = False  # judge a prompt's whole group as one input instead of each completion alone
+    lr: float = 3e-4
+    beta: float = 0.02
+    eval_queries: int = 200  # held-out queries per evaluation
+    eval_every: int = 20
+    seed: int = 0
+    quick: bool = False  # a smoke run: few steps, small evaluations
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "sft_steps", "prompts_per_step", "group_size", "k", "eval_queries", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def resolved(self) -> "DemoConfig":
+        """With ``quick``, the smoke run's sizes in place of the full ones."""
+        if not self.quick:
+            return self
+        return replace(self, steps=2, sft_steps=30, eval_queries=8, eval_every=1,
+                       prompts_per_step=min(self.prompts_per_step, 4))
 
 
-def main(argv=None) -> int:
-    return run(parse_args(argv))
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.quick:
-        args.steps, args.sft_steps, args.eval_queries, args.eval_every = 2, 30, 8, 1
-        args.prompts_per_step = min(args.prompts_per_step, 4)
+def run(args: DemoConfig) -> int:
+    args = args.resolved()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -178,15 +200,11 @@ def true_pass_rate(model, tokenizer, tasks: Sequence[Task], seed: int, samples: 
 
 
 @contextlib.contextmanager
-def _service(args) -> Iterator[tuple[str, str]]:
+def _service(args: DemoConfig) -> Iterator[tuple[str, str]]:
     """(target, cache description): the given service, or one started here on the bundled GRM."""
     if args.target:
         yield args.target, "the service's own"
         return
-    from grm.judge import GenerativeRewardModel
-    from services.cache import MemoryCache, RedisCache
-    from services.server import BackgroundServer, ServerConfig
-
     judge = GenerativeRewardModel.load(str(default_model_path()))
     with _redis() as url:
         factory = (lambda: RedisCache(url, timeout_s=0.5)) if url else MemoryCache
@@ -262,7 +280,3 @@ def _smooth(values: Sequence[float | None], width: int = 5) -> list[float | None
         window = [v for v in values[max(0, i - width + 1):i + 1] if v is not None]
         out.append(sum(window) / len(window) if window else None)
     return out
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

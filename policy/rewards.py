@@ -7,7 +7,8 @@ an input the service refused). The trainer leaves ``None`` out of its group's ba
 and gives it advantage 0; a backend never turns a failure into a number.
 
 By default the GRM judges a prompt's whole group as one input (N = G responses, one
-generation per sample compares them all, as DeepSeek-GRM is built to);
+generation per sample compares them all, as DeepSeek-GRM is built to; completions of
+equal prompts are judged together even when they come in two groups);
 ``per_response=True`` judges each completion alone (N = 1).
 
 Example::
@@ -15,33 +16,34 @@ Example::
     backend = ServiceReward("127.0.0.1:50051", k=4, temperature=0.5, max_wait_s=600)
     rewards = backend.score_groups(["Name a prime."], [["7", "9", "8", "11"]])   # [[r, r, r, r]]
 
-When the service is unreachable (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED),
-``ServiceReward`` waits and retries with exponential backoff for up to ``max_wait_s``,
-then raises ``RewardUnavailable``: the run stops with a clear error instead of training
+``ServiceReward`` scores through ``services.client.RewardClient.score_rows`` (the helper
+every adapter shares; a group past the server's ``max_responses`` is judged in parts
+aligned on shared anchors, see ``grm.grouping``). Its only retry layer is the client's
+``RetryPolicy``: UNAVAILABLE (loading, restarting, unreachable) and RESOURCE_EXHAUSTED
+(busy) are retried with exponential backoff for up to ``max_wait_s``; then
+``RewardUnavailable`` is raised, so the run stops with a clear error instead of training
 on made-up rewards.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
 
-from grm.grouping import Group, RowScore, spread_back
-from grm.types import AggregationOptions, Message, SamplingOptions, ScoreInput
-from services.client import RewardClient, outcome
+from grm.grouping import Row, RowScore, group_rows, spread_back
+from grm.types import AggregationOptions, Message, SamplingOptions
+from services.client import RetryPolicy, RewardClient
 
 log = logging.getLogger(__name__)
 
 Conversation = str | Sequence[Message | dict]
 Rewards = list[list[float | None]]
 
-# Codes that mean "the service is not answering now", as opposed to "this request is wrong".
-WAIT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED})
+# Codes that mean "the service cannot answer now", as opposed to "this request is wrong".
+WAIT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
 class RewardUnavailable(RuntimeError):
@@ -64,20 +66,9 @@ def _check_shapes(prompts: Sequence[Conversation], groups: Sequence[Sequence[str
             raise ValueError(f"groups[{i}] is empty")
 
 
-def _as_groups(prompts: Sequence[Conversation], groups: Sequence[Sequence[str]],
-               per_response: bool) -> list[Group]:
-    """One GRM input per group, or with ``per_response`` one per completion; rows are the
-    completions numbered row-major (``grm.grouping.spread_back`` maps results back)."""
-    out: list[Group] = []
-    start = 0
-    for p, g in zip(prompts, groups):
-        rows = range(start, start + len(g))
-        if per_response:
-            out += [Group(ScoreInput(p, [c]), (i,)) for i, c in zip(rows, g)]
-        else:
-            out.append(Group(ScoreInput(p, list(g)), tuple(rows)))
-        start += len(g)
-    return out
+def _rows(prompts: Sequence[Conversation], groups: Sequence[Sequence[str]]) -> list[Row]:
+    """The completions as flat rows, row-major; ``grm.grouping`` folds them back by prompt."""
+    return [Row(p, c) for p, g in zip(prompts, groups) for c in g]
 
 
 def _rewards(scores: Sequence[RowScore], groups: Sequence[Sequence[str]]) -> Rewards:
@@ -116,69 +107,54 @@ class LocalGRMReward:
 
     def score_groups(self, prompts: Sequence[Conversation], groups: Sequence[Sequence[str]]) -> Rewards:
         _check_shapes(prompts, groups)
-        items = _as_groups(prompts, groups, self.per_response)
+        rows = _rows(prompts, groups)
+        items = group_rows(rows, per_response=self.per_response)
         results = self.grm.score_batch([g.item for g in items], self.sampling, self.aggregation)
-        return _rewards(spread_back(items, results, sum(map(len, groups))), groups)
+        return _rewards(spread_back(items, results, len(rows)), groups)
 
 
 class ServiceReward:
-    """The reward service over gRPC: one ``ScoreBatch`` call per step (the client splits it
-    past the server's ``max_batch_items``), waiting out outages for up to ``max_wait_s``.
+    """The reward service over gRPC: one ``score_rows`` call per step (one ScoreBatch, split
+    by the client past the server's limits), waiting out outages for up to ``max_wait_s``.
 
     ``options`` go to every call: k, temperature, top_p, max_new_tokens, seed, aggregation,
-    k_meta, cache_policy (see ``services.client.RewardClient.score``).
+    k_meta, cache_policy (see ``services.client.RewardClient.score``). ``retry`` replaces
+    the default policy (backoff 1 s doubling to 30 s on ``WAIT_CODES``, for ``max_wait_s``).
     """
 
     def __init__(self, target: str, *, per_response: bool = False, max_wait_s: float = 600.0,
                  timeout_s: float = 300.0, initial_backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 **options):
-        if max_wait_s < 0 or timeout_s <= 0 or not 0 < initial_backoff_s <= max_backoff_s:
-            raise ValueError("ServiceReward needs max_wait_s >= 0, timeout_s > 0 and "
-                             f"0 < initial_backoff_s <= max_backoff_s, got {max_wait_s}, {timeout_s}, "
-                             f"{initial_backoff_s}, {max_backoff_s}")
-        self.target, self.per_response, self.max_wait_s = target, per_response, max_wait_s
-        self.timeout_s, self.initial_backoff_s, self.max_backoff_s = timeout_s, initial_backoff_s, max_backoff_s
-        self.options = options
-        self.client = RewardClient(target, timeout_s=timeout_s)
+                 retry: RetryPolicy | None = None, **options):
+        if max_wait_s < 0 or timeout_s <= 0:
+            raise ValueError(f"ServiceReward needs max_wait_s >= 0 and timeout_s > 0, got {max_wait_s}, {timeout_s}")
+        self.retry = retry or RetryPolicy(max_attempts=None, initial_backoff_s=initial_backoff_s,
+                                          max_backoff_s=max_backoff_s, max_wait_s=max_wait_s, codes=WAIT_CODES)
+        self.target, self.per_response, self.options = target, per_response, options
+        self.client = RewardClient(target, timeout_s=timeout_s, retry=self.retry)
         self.name = f"service:{target}"
-        # Counters for the trainer's log: item errors (a refused input) and calls waited out.
-        self.stats = {"calls": 0, "item_errors": 0, "waits": 0}
+        # Counters for the trainer's log: calls, and completions whose input the service refused.
+        self.stats = {"calls": 0, "refused": 0, "waits": 0}
 
     def score_groups(self, prompts: Sequence[Conversation], groups: Sequence[Sequence[str]]) -> Rewards:
         _check_shapes(prompts, groups)
-        items = _as_groups(prompts, groups, self.per_response)
-        replies = self._with_wait(lambda: self.client.score_batch([g.item for g in items], **self.options))
+        try:
+            scores = self.client.score_rows(_rows(prompts, groups), per_response=self.per_response, **self.options)
+        except grpc.RpcError as e:
+            self.stats["waits"] = self.client.waits
+            if e.code() not in self.retry.codes:
+                raise
+            raise RewardUnavailable(
+                f"reward service at {self.target} did not answer ({e.code().name}: {e.details()}) within "
+                f"its retry policy (max_wait_s={self.retry.max_wait_s:g}). Stopping rather than training "
+                "without rewards.") from e
         self.stats["calls"] += 1
-        outcomes = [outcome(r) for r in replies]  # a ScoreResult, or "CODE: message" for a refused input
-        for i, (group, o) in enumerate(zip(items, outcomes)):
-            if isinstance(o, str):  # the others were scored
-                self.stats["item_errors"] += 1
-                log.warning("reward service refused input %d (%s); its %d completion(s) get no reward",
-                            i, o, len(group.rows))
-        return _rewards(spread_back(items, outcomes, sum(map(len, groups))), groups)
-
-    def _with_wait(self, call):
-        start = time.monotonic()
-        attempt = 0
-        while True:
-            try:
-                return call()
-            except grpc.RpcError as e:
-                if e.code() not in WAIT_CODES:
-                    raise
-                waited = time.monotonic() - start
-                if waited >= self.max_wait_s:
-                    raise RewardUnavailable(
-                        f"reward service at {self.target} did not answer for {waited:.0f} s "
-                        f"(last error {e.code().name}: {e.details()}); max_wait_s={self.max_wait_s:g}. "
-                        "Stopping rather than training without rewards.") from e
-                attempt += 1
-                self.stats["waits"] += 1
-                delay = min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1),
-                            max(0.0, self.max_wait_s - waited))
-                log.warning("reward service at %s: %s (%s); retrying in %.1f s (waited %.0f of %g s)",
-                            self.target, e.code().name, e.details(), delay, waited, self.max_wait_s)
-                time.sleep(delay)
+        self.stats["waits"] = self.client.waits
+        refused = [s.error for s in scores if s.error]  # their input was refused; the others were scored
+        if refused:
+            self.stats["refused"] += len(refused)
+            log.warning("reward service refused the input of %d completion(s), which get no reward; first: %s",
+                        len(refused), refused[0])
+        return _rewards(scores, groups)
 
     def close(self) -> None:
         self.client.close()

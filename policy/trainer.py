@@ -231,3 +231,22 @@ class GRPOTrainer:
             return
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+
+
+def load_prompts(path: str | Path) -> list[Conversation]:
+    """Prompts from JSONL (``prompt``, ``query``, ``conversation`` or ``messages`` per line) or
+    plain text (one per non-empty line)."""
+    path = Path(path)
+    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    if path.suffix != ".jsonl":
+        return [line.strip() for _, line in lines]
+    prompts: list[Conversation] = []
+    for n, line in lines:
+        record = json.loads(line)
+        prompt = next((record[k] for k in ("prompt", "query", "conversation", "messages") if record.get(k)), None)
+        if prompt is None:
+            raise ValueError(f"{path}:{n}: needs 'prompt', 'query', 'conversation' or 'messages'")
+        prompts.append(prompt)
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts

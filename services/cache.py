@@ -1,11 +1,10 @@
 """Score cache: exact keys, opaque values, and never a point of failure.
 
-The server looks a whole batch up with one ``get_many`` (one Redis ``MGET``), scores
-the misses, and writes them back with one ``set_many`` (one pipeline of
-``SET key value EX ttl``). Identical requests in flight at the same moment run once
-through :class:`Singleflight`. Values are whatever bytes the caller stores (the server
-stores each result as two serialized protobufs, the judgments apart from the rest, so
-that a hit without judgments reads a few dozen bytes); this module never looks inside them.
+Two backends with one interface (``get_many``, ``set_many``, ``state``, ``check``,
+``stats``, ``close``): ``MemoryCache`` (an in-process LRU) and ``RedisCache``. A lookup
+of a whole batch is one ``get_many`` (one Redis ``MGET``); a write is one ``set_many``
+(one pipeline of ``SET key value EX ttl``). Values are bytes this module never looks
+inside: ``services/result_store.py`` decides what a stored result looks like.
 
 Backend trouble never raises out of a cache: Redis absent at start, killed mid-run,
 too slow for ``timeout_s``, or holding a value we did not write. A lookup becomes a
@@ -16,12 +15,11 @@ circuit breaker keeps a dead Redis from costing anything per request meanwhile.
 Example::
 
     cache = RedisCache(url) if url else MemoryCache()
-    flight = Singleflight()
-    keys = [cache_key(DEFAULT_PREFIX, grm.model_id, grm.revision, template.version,
-                      item, sampling, aggregation) for item in items]
+    keys = [cache_key(DEFAULT_PREFIX, grm.cache_identity(aggregation), item, sampling, aggregation)
+            for item in items]
     blobs = await cache.get_many(keys)                 # None where missed
-    ...                                                # score the misses, once per key
-    await cache.set_many([(key, result.SerializeToString()), ...])
+    ...                                                # score the misses
+    await cache.set_many([(key, value), ...])
 """
 
 from __future__ import annotations
@@ -36,11 +34,12 @@ import sys
 import time
 from collections import OrderedDict
 from enum import Enum
-from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from grm.types import AggregationOptions, SamplingOptions, ScoreInput
 
@@ -53,52 +52,26 @@ DEFAULT_PREFIX = "grm:v2:"
 STAT_NAMES = ("hits", "misses", "errors", "corrupt", "writes", "dropped", "skipped", "evictions")
 
 
-class ScoreCache(Protocol):
-    """What the server needs from a cache. Neither data method raises on backend trouble."""
-
-    name: str  # "memory" | "redis"
-
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The stored bytes for each key, in order; None for a miss (or when the backend is down)."""
-        ...
-
-    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Store ``(key, value)`` pairs; dropped when the backend is down."""
-        ...
-
-    def state(self) -> str:
-        """"ok", "degraded" (backend failing: running uncached) or "off" (closed)."""
-        ...
-
-    async def check(self) -> str:
-        """Probe the backend now when the breaker allows it, then return ``state()``."""
-        ...
-
-    def stats(self) -> dict[str, int]:
-        """Counters since start, keyed by ``STAT_NAMES``."""
-        ...
-
-    async def close(self) -> None: ...
-
-
 # ---------------------------------------------------------------------------- keys
 
-def cache_key(prefix: str, model_id: str, revision: str, template_version: str, item: ScoreInput,
-              sampling: SamplingOptions, aggregation: AggregationOptions) -> str:
+_RECORDS = ("item", "sampling", "aggregation")
+
+
+def cache_key(prefix: str, identity: Mapping[str, str], item: ScoreInput, sampling: SamplingOptions,
+              aggregation: AggregationOptions) -> str:
     """``prefix`` + sha256 hex of a canonical encoding of everything that decides the result.
 
-    ``revision`` must name the weights by content (a hash of the checkpoint files); under
-    meta voting fold the meta RM's revision into it too. Every field of the three records
-    enters the key, so a field added to them later changes keys instead of being ignored.
+    ``identity`` names the judge (``GenerativeRewardModel.cache_identity``: model id, the
+    weights by content, the template). Its entries and every field of the three records
+    enter the key, so a field added to either later changes keys instead of being ignored.
     """
-    doc = {
-        "model_id": model_id,
-        "revision": revision,
-        "template_version": template_version,
-        "item": _plain(item),
-        "sampling": _plain(sampling),
-        "aggregation": _plain(aggregation),
-    }
+    clash = sorted(set(identity) & set(_RECORDS))
+    if clash:
+        raise ValueError(f"cache_key: identity must not use the names {clash}; they hold the request")
+    bad = {name: value for name, value in identity.items() if not isinstance(value, str)}
+    if bad:
+        raise TypeError(f"cache_key: identity values must be strings, got {bad!r}")
+    doc = {**identity, "item": _plain(item), "sampling": _plain(sampling), "aggregation": _plain(aggregation)}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return prefix + hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -246,7 +219,10 @@ class MemoryCache:
 class RedisCache:
     """Redis through ``redis.asyncio`` (hiredis parses replies when installed).
 
-    Every call is bounded by ``timeout_s`` and never retried inside redis-py. After a
+    Every call is bounded by ``timeout_s``. Inside it redis-py retries a call once, on a
+    fresh connection, when the connection fails (never on a timeout): a pooled connection
+    can be one Redis closed in a crash or restart, and only its first use finds that out,
+    which must not fail the call (nor flip the breaker just as Redis came back). After a
     failure a circuit breaker opens: calls skip Redis for ``backoff_min_s``, doubling per
     consecutive failure up to ``backoff_max_s``; then one call at a time goes through as a
     probe, and the first success closes the breaker ("ok" again). Nothing connects in the
@@ -267,7 +243,7 @@ class RedisCache:
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
         self._redis = redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), health_check_interval=0)
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._log = _RateLimitedLog(log_every_s)
         self._failures = 0  # consecutive failed episodes; 0 means the breaker is closed
@@ -383,54 +359,3 @@ class _RateLimitedLog:
         self._last[kind] = now
         held = self._held.pop(kind, 0)
         log.warning(msg + (f" ({held} similar held back)" if held else ""), *args)
-
-
-# ---------------------------------------------------------------------------- singleflight
-
-@dataclasses.dataclass
-class _Call:
-    task: asyncio.Task | None = None
-    waiters: int = 0
-
-
-class Singleflight:
-    """Identical work in flight at once runs once; every caller gets that one result.
-
-    ``fn`` runs in its own task, so a caller that is cancelled (a client deadline)
-    leaves it running for the others; when the last waiter is gone the task is
-    cancelled. An error reaches the callers waiting at that moment and is not kept:
-    the key is forgotten as the task ends, and the next call runs ``fn`` afresh.
-    """
-
-    def __init__(self) -> None:
-        self._calls: dict[str, _Call] = {}
-        self.coalesced = 0  # calls that joined one already in flight
-
-    async def run(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
-        call = self._calls.get(key)
-        if call is None:
-            call = self._calls[key] = _Call()
-            call.task = asyncio.ensure_future(self._lead(key, call, fn))
-        else:
-            self.coalesced += 1
-        call.waiters += 1
-        try:
-            return await asyncio.shield(call.task)
-        finally:
-            call.waiters -= 1
-            if call.waiters == 0 and not call.task.done():  # every caller was cancelled
-                self._forget(key, call)
-                call.task.cancel()
-
-    def stats(self) -> dict[str, int]:
-        return {"coalesced": self.coalesced, "in_flight": len(self._calls)}
-
-    async def _lead(self, key: str, call: _Call, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await fn()
-        finally:  # forget before the task completes, so no later caller can join a finished call
-            self._forget(key, call)
-
-    def _forget(self, key: str, call: _Call) -> None:
-        if self._calls.get(key) is call:
-            del self._calls[key]

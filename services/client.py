@@ -5,12 +5,24 @@ default 120 s, overridable per call), retry with exponential backoff and jitter 
 UNAVAILABLE only (loading, shutting down, connection refused) and never past the
 call's deadline, and return typed records: ``ScoreReply`` holds a ``grm.types.ScoreResult``
 whose unscored responses have reward ``None``. Any other error is raised as the
-``grpc.RpcError`` it is; branch on ``e.code()``.
+``grpc.RpcError`` it is; branch on ``e.code()``. ``RetryPolicy`` is the only retry layer
+of the project: a trainer that must wait out a service that is starting or restarting
+sets ``RetryPolicy(max_wait_s=...)`` (time spent waiting is then not charged to the
+deadline, up to that long) instead of wrapping the client in a loop of its own.
+
+``score_rows`` is the one path from a trainer's flat (prompt, response) rows to rewards,
+shared by the TRL and verl adapters, ``policy.rewards.ServiceReward`` and the OpenRLHF
+HTTP endpoint: rows sharing a prompt are judged together (``grm.grouping.group_rows``),
+a group larger than the server's ``max_responses`` is judged in overlapping parts that
+share anchor responses (``grm.grouping.split_groups``; how the parts' rewards are made
+comparable is said there), everything goes in one ScoreBatch (split past
+``max_batch_items``), and each row gets a ``RowScore`` back, ``reward`` None when unscored.
 
     with RewardClient("127.0.0.1:50051") as client:
         reply = client.score("Name a prime.", ["7", "9"], k=4, return_judgments=True)
         reply.result.rewards, reply.from_cache, reply.result.judgments[0].critique
         outs = client.score_batch([ScoreInput("2+2?", ["4", "5"]), ...], k=4)   # ScoreReply | ItemError
+        scores = client.score_rows([Row("2+2?", "4"), Row("2+2?", "5")], k=4)   # RowScore per row
 
     async with AsyncRewardClient("127.0.0.1:50051") as client:
         reply = await client.score("Name a prime.", ["7", "9"])
@@ -27,6 +39,7 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from grm.grouping import Row, RowScore, group_rows, split_groups, spread_back
 from grm.types import Message, SamplingOptions, ScoreInput, ScoreResult
 from services.convert import (CACHE_POLICY_TO_PROTO, CachePolicy, aggregation_to_proto, input_to_proto,
                               result_from_proto, sampling_from_proto, sampling_to_proto)
@@ -39,17 +52,29 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff for UNAVAILABLE: attempt i waits ``initial * multiplier**(i-1)`` (capped), +-jitter."""
+    """Backoff for the ``codes`` (UNAVAILABLE by default): attempt i waits
+    ``initial * multiplier**(i-1)`` (capped), +-jitter.
 
-    max_attempts: int = 5  # calls in total, the first included
+    Retries stay within the call's deadline unless ``max_wait_s`` > 0: then up to that many
+    seconds spent waiting between attempts are added to the deadline, so a trainer can wait
+    out a service that is loading or restarting without giving up its per-call timeout.
+    """
+
+    max_attempts: int | None = 5  # calls in total, the first included; None: until the time is up
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 5.0
     multiplier: float = 2.0
     jitter: float = 0.2  # each wait is scaled by a uniform factor in [1 - jitter, 1 + jitter]
+    max_wait_s: float = 0.0  # waiting time allowed past the call's deadline (per call)
+    codes: frozenset = frozenset({grpc.StatusCode.UNAVAILABLE})  # the status codes retried
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"RetryPolicy.max_attempts must be >= 1 or None, got {self.max_attempts}")
+        if not 0 <= self.max_wait_s < float("inf"):
+            raise ValueError(f"RetryPolicy.max_wait_s must be a finite number >= 0, got {self.max_wait_s}")
+        if not all(isinstance(c, grpc.StatusCode) for c in self.codes):
+            raise ValueError(f"RetryPolicy.codes must hold grpc.StatusCode values, got {sorted(map(str, self.codes))}")
         if not 0 < self.initial_backoff_s <= self.max_backoff_s:
             raise ValueError("RetryPolicy needs 0 < initial_backoff_s <= max_backoff_s, got "
                              f"{self.initial_backoff_s}, {self.max_backoff_s}")
@@ -144,8 +169,33 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
             ("grpc.max_receive_message_length", max_message_bytes)]
 
 
-def _left(deadline: float) -> float:
-    return max(0.001, deadline - time.monotonic())
+class Deadline:
+    """One call's deadline, shared by its attempts (and by the RPCs of a split batch).
+
+    Waiting between attempts moves the end back by the time waited, while the retry
+    policy's ``max_wait_s`` lasts: the call keeps its full ``timeout_s`` of work.
+    """
+
+    def __init__(self, timeout_s: float, retry: RetryPolicy):
+        self.end, self.retry = time.monotonic() + timeout_s, retry
+        self._wait_left = retry.max_wait_s
+
+    def left(self) -> float:
+        return max(0.001, self.end - time.monotonic())
+
+    def next_wait(self, error: grpc.RpcError, attempt: int) -> float | None:
+        """The wait after failed attempt number ``attempt`` (1, 2, ...) of one RPC, or None
+        when ``error`` must be raised."""
+        limit = self.retry.max_attempts
+        if error.code() not in self.retry.codes or (limit is not None and attempt >= limit):
+            return None
+        delay = self.retry.backoff(attempt)
+        granted = min(delay, self._wait_left)
+        self._wait_left -= granted
+        self.end += granted
+        # The last wait is cut short rather than skipped, so the whole allowance is used.
+        delay = min(delay, self.end - time.monotonic() - 0.01)
+        return delay if delay > 0 else None
 
 
 def _chunks(items: Sequence, size: int | None) -> list[Sequence]:
@@ -154,12 +204,9 @@ def _chunks(items: Sequence, size: int | None) -> list[Sequence]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _retryable(error: grpc.RpcError, attempt: int, retry: RetryPolicy, deadline: float) -> float | None:
-    """The wait before the next attempt, or None when the error must be raised."""
-    if error.code() != grpc.StatusCode.UNAVAILABLE or attempt >= retry.max_attempts:
-        return None
-    delay = retry.backoff(attempt)
-    return delay if time.monotonic() + delay < deadline else None
+def _needs_limits(items: Sequence[ScoreInput]) -> bool:
+    """One input with one response fits any server; more may pass max_batch_items or max_responses."""
+    return len(items) > 1 or any(len(it.responses) > 1 for it in items)
 
 
 class RewardClient:
@@ -168,7 +215,8 @@ class RewardClient:
     def __init__(self, target: str, *, timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(),
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self.target, self.timeout_s, self.retry = target, timeout_s, retry
-        self._max_items: int | None = None  # the server's max_batch_items, read on the first batch
+        self._limits: dict[str, int] | None = None  # the server's Limits, read once with GetInfo when needed
+        self.waits = 0  # backoff waits between attempts so far (a trainer logs them)
         self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.RewardServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -178,7 +226,8 @@ class RewardClient:
         """Options: k, temperature, top_p, max_new_tokens, seed, shuffle (or sampling=SamplingOptions),
         aggregation ("voting" | "meta_voting"), k_meta, principles, reference,
         cache_policy ("use" | "refresh" | "bypass"), return_judgments."""
-        msg = self._call(self._stub.Score, score_request(conversation, responses, **options), timeout_s)
+        msg = self._call(self._stub.Score, score_request(conversation, responses, **options),
+                         self._deadline(timeout_s))
         return reply_from_proto(msg.result)
 
     def score_batch(self, items: Sequence[ScoreInput], *, timeout_s: float | None = None,
@@ -188,17 +237,26 @@ class RewardClient:
         More items than the server's ``max_batch_items`` go in consecutive calls of at most
         that many (the limit is read once, with GetInfo); ``timeout_s`` bounds them all.
         """
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
-        if self._max_items is None and len(items) > 1:
-            self._max_items = self.info(timeout_s=_left(deadline)).limits["max_batch_items"]
-        out: list[ScoreReply | ItemError] = []
-        for chunk in _chunks(items, self._max_items):
-            out += batch_from_proto(self._call(self._stub.ScoreBatch, batch_request(chunk, **options),
-                                               _left(deadline)))
-        return out
+        return self._score_batch(items, self._deadline(timeout_s), options)
+
+    def score_rows(self, rows: Sequence[Row], *, per_response: bool = False, timeout_s: float | None = None,
+                   **options) -> list[RowScore]:
+        """One ``RowScore`` per row, in order: the rows sharing a prompt (and reference) are
+        judged together, or each alone with ``per_response``; a group past the server's
+        ``max_responses`` is judged in parts sharing anchor responses (``grm.grouping.split_groups``).
+        Options as for ``score``; one deadline (``timeout_s``) for the whole call.
+        """
+        groups = group_rows(rows, per_response=per_response)
+        if not groups:
+            return []
+        deadline = self._deadline(timeout_s)
+        limits = self._server_limits(deadline) if _needs_limits([g.item for g in groups]) else None
+        parts = split_groups(groups, limits["max_responses"]) if limits else groups
+        outs = self._score_batch([p.item for p in parts], deadline, options)
+        return spread_back(parts, [outcome(o) for o in outs], len(rows))
 
     def info(self, *, timeout_s: float | None = None) -> ServiceInfo:
-        return info_from_proto(self._call(self._stub.GetInfo, pb.GetInfoRequest(), timeout_s))
+        return info_from_proto(self._call(self._stub.GetInfo, pb.GetInfoRequest(), self._deadline(timeout_s)))
 
     def wait_ready(self, timeout_s: float = 300.0, poll_s: float = 0.2) -> None:
         """Block until the service reports SERVING (the model is loaded); TimeoutError otherwise."""
@@ -216,17 +274,33 @@ class RewardClient:
                 raise TimeoutError(f"{self.target} did not become ready within {timeout_s:g} s")
             time.sleep(poll_s)
 
-    def _call(self, method, request, timeout_s: float | None):
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+    def _deadline(self, timeout_s: float | None) -> Deadline:
+        return Deadline(self.timeout_s if timeout_s is None else timeout_s, self.retry)
+
+    def _server_limits(self, deadline: Deadline) -> dict[str, int]:
+        if self._limits is None:
+            self._limits = info_from_proto(self._call(self._stub.GetInfo, pb.GetInfoRequest(), deadline)).limits
+        return self._limits
+
+    def _score_batch(self, items: Sequence[ScoreInput], deadline: Deadline,
+                     options: dict) -> list[ScoreReply | ItemError]:
+        size = self._server_limits(deadline)["max_batch_items"] if len(items) > 1 else None
+        out: list[ScoreReply | ItemError] = []
+        for chunk in _chunks(items, size):
+            out += batch_from_proto(self._call(self._stub.ScoreBatch, batch_request(chunk, **options), deadline))
+        return out
+
+    def _call(self, method, request, deadline: Deadline):
         attempt = 0
         while True:
             attempt += 1
             try:
-                return method(request, timeout=max(0.001, deadline - time.monotonic()))
+                return method(request, timeout=deadline.left())
             except grpc.RpcError as e:
-                delay = _retryable(e, attempt, self.retry, deadline)
+                delay = deadline.next_wait(e, attempt)
                 if delay is None:
                     raise
+                self.waits += 1
                 time.sleep(delay)
 
     def close(self) -> None:
@@ -246,7 +320,8 @@ class AsyncRewardClient:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self.target, self.timeout_s, self.retry = target, timeout_s, retry
         self._max_message_bytes = max_message_bytes
-        self._max_items: int | None = None
+        self._limits: dict[str, int] | None = None
+        self.waits = 0  # backoff waits between attempts so far
         self._channel: grpc.aio.Channel | None = None
         self._stub = None
 
@@ -260,34 +335,56 @@ class AsyncRewardClient:
     async def score(self, conversation: str | Sequence[Message | dict], responses: Sequence[str], *,
                     timeout_s: float | None = None, **options) -> ScoreReply:
         request = score_request(conversation, responses, **options)
-        return reply_from_proto((await self._call("Score", request, timeout_s)).result)
+        return reply_from_proto((await self._call("Score", request, self._deadline(timeout_s))).result)
 
     async def score_batch(self, items: Sequence[ScoreInput], *, timeout_s: float | None = None,
                           **options) -> list[ScoreReply | ItemError]:
         """As ``RewardClient.score_batch`` (chunked past the server's ``max_batch_items``)."""
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
-        if self._max_items is None and len(items) > 1:
-            self._max_items = (await self.info(timeout_s=_left(deadline))).limits["max_batch_items"]
-        out: list[ScoreReply | ItemError] = []
-        for chunk in _chunks(items, self._max_items):
-            out += batch_from_proto(await self._call("ScoreBatch", batch_request(chunk, **options), _left(deadline)))
-        return out
+        return await self._score_batch(items, self._deadline(timeout_s), options)
+
+    async def score_rows(self, rows: Sequence[Row], *, per_response: bool = False,
+                         timeout_s: float | None = None, **options) -> list[RowScore]:
+        """As ``RewardClient.score_rows``."""
+        groups = group_rows(rows, per_response=per_response)
+        if not groups:
+            return []
+        deadline = self._deadline(timeout_s)
+        limits = await self._server_limits(deadline) if _needs_limits([g.item for g in groups]) else None
+        parts = split_groups(groups, limits["max_responses"]) if limits else groups
+        outs = await self._score_batch([p.item for p in parts], deadline, options)
+        return spread_back(parts, [outcome(o) for o in outs], len(rows))
 
     async def info(self, *, timeout_s: float | None = None) -> ServiceInfo:
-        return info_from_proto(await self._call("GetInfo", pb.GetInfoRequest(), timeout_s))
+        return info_from_proto(await self._call("GetInfo", pb.GetInfoRequest(), self._deadline(timeout_s)))
 
-    async def _call(self, name: str, request, timeout_s: float | None):
+    def _deadline(self, timeout_s: float | None) -> Deadline:
+        return Deadline(self.timeout_s if timeout_s is None else timeout_s, self.retry)
+
+    async def _server_limits(self, deadline: Deadline) -> dict[str, int]:
+        if self._limits is None:
+            self._limits = info_from_proto(await self._call("GetInfo", pb.GetInfoRequest(), deadline)).limits
+        return self._limits
+
+    async def _score_batch(self, items: Sequence[ScoreInput], deadline: Deadline,
+                           options: dict) -> list[ScoreReply | ItemError]:
+        size = (await self._server_limits(deadline))["max_batch_items"] if len(items) > 1 else None
+        out: list[ScoreReply | ItemError] = []
+        for chunk in _chunks(items, size):
+            out += batch_from_proto(await self._call("ScoreBatch", batch_request(chunk, **options), deadline))
+        return out
+
+    async def _call(self, name: str, request, deadline: Deadline):
         method = getattr(self._ensure(), name)
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await method(request, timeout=max(0.001, deadline - time.monotonic()))
+                return await method(request, timeout=deadline.left())
             except grpc.RpcError as e:
-                delay = _retryable(e, attempt, self.retry, deadline)
+                delay = deadline.next_wait(e, attempt)
                 if delay is None:
                     raise
+                self.waits += 1
                 await asyncio.sleep(delay)
 
     async def close(self) -> None:

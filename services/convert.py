@@ -134,11 +134,3 @@ def aggregation_to_proto(aggregation: AggregationOptions | str | None = None,
         msg.k_meta = k_meta
     return msg
 
-
-def strip_judgments(msg: pb.ScoreResult) -> pb.ScoreResult:
-    """A copy without the per-sample judgments (for callers that did not ask for them)."""
-    out = pb.ScoreResult()
-    out.CopyFrom(msg)
-    del out.judgments[:]
-    return out
-

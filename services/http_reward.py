@@ -11,13 +11,28 @@ judged together as one GRM input. ``rewards`` and ``scores`` are the GRM's mean 
 (1..10); an unscorable response gets ``null`` in both, never 0, and ``extra_logs`` says why
 (``grm_scored``, ``grm_error``) next to ``grm_spread`` and ``grm_num_valid``.
 
-A bad request (invalid JSON, a missing or mistyped field, lists of different lengths, a
-query that does not start with its prompt) gets 400 with ``{"error": "<field>: ..."}``;
-an unknown path 404; a service failure 503 (unavailable), 504 (deadline) or 502.
+A bad request (invalid or too deeply nested JSON, a missing or mistyped field, lists of
+different lengths, a query that does not start with its prompt) gets 400 with
+``{"error": "<field>: ..."}``; an unknown path 404, a method other than POST 501, a body
+over ``HTTPLimits.max_body_bytes`` 413, a body not received in full within
+``body_timeout_s`` 408; a service failure 503 (unavailable), 504 (deadline) or 502.
 
-The endpoint is a small threaded ``http.server`` that calls the gRPC service through a
-``RewardClient``, so validation, caching, batching, metrics and limits are the service's
-own. ``grm serve --http-port 8000`` starts it beside the gRPC port; in Python::
+The endpoint is an aiohttp server on its own event loop in a daemon thread, so nothing
+a client does to the HTTP port (idle or slow connections, floods) runs on the gRPC
+server's loop. aiohttp is used because it is maintained, already a dependency, and its
+low-level server lets this module own the connection-level limits (``HTTPLimits``):
+
+- at most ``max_connections`` open connections (never more than a quarter of the
+  process's open-file limit, so gRPC always has file descriptors left); a few
+  connections past the cap are answered 503 naming the limit, the rest are reset;
+- a connection whose request headers are not complete within ``header_timeout_s`` is
+  closed, and one whose body is not complete within ``body_timeout_s`` gets 408;
+- one request per connection (``Connection: close``), so no idle keep-alive lingers.
+
+Scoring runs in a small thread pool through a ``RewardClient``, so validation, caching,
+batching, metrics and limits are the gRPC service's own. A client that hangs up before
+its answer is counted (``hangups``) and logged at debug level, never as a traceback.
+``grm serve --http-port 8000`` starts the endpoint beside the gRPC port; in Python::
 
     http = RewardHTTPServer("127.0.0.1:50051", port=0).start()
     ...  # POST to http://127.0.0.1:{http.port}/get_reward
@@ -26,21 +41,58 @@ own. ``grm serve --http-port 8000`` starts it beside the gRPC port; in Python::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import resource
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
+from aiohttp import web
 
-from grm.grouping import Row, RowScore, group_rows, spread_back
-from services.client import RewardClient, batch_request, outcome
+from grm.grouping import END_MARKERS, Row, RowScore, strip_end_markers
+from services.client import RewardClient, batch_request
 
 log = logging.getLogger(__name__)
 PATHS = ("/get_reward", "/")
-MAX_BODY_BYTES = 256 * 2**20
 HTTP_FOR_GRPC = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
                  grpc.StatusCode.RESOURCE_EXHAUSTED: 503, grpc.StatusCode.INVALID_ARGUMENT: 400}
+FD_SHARE = 4  # the HTTP side may hold at most 1/FD_SHARE of the process's open-file limit
+# After an early answer (413, 408) the unread rest of a body is drained this long before
+# closing, so that a client still sending sees the answer rather than a reset.
+LINGER_S = 1.0
+REFUSE_WAIT_S = 1.0  # how long a connection past the cap may take to send the headers of its 503
+
+
+@dataclass(frozen=True)
+class HTTPLimits:
+    """Connection-level limits of the endpoint: what a client may hold, and for how long."""
+
+    max_connections: int = 256  # open HTTP connections; also capped by the open-file limit
+    header_timeout_s: float = 5.0  # from accept to complete request headers
+    body_timeout_s: float = 30.0  # from complete headers to complete body
+    max_body_bytes: int = 256 * 2**20
+    workers: int = 16  # threads parsing bodies and waiting on gRPC
+    backlog: int = 128  # the listen queue
+    grace_s: float = 30.0  # how long stop() lets requests being answered finish
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_body_bytes", "workers", "backlog"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"HTTPLimits.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("header_timeout_s", "body_timeout_s", "grace_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"HTTPLimits.{name} must be a positive number of seconds, got {getattr(self, name)}")
+
+    def connection_cap(self) -> int:
+        """``max_connections``, lowered so the HTTP side leaves most file descriptors to gRPC."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return self.max_connections if soft == resource.RLIM_INFINITY else max(1, min(self.max_connections,
+                                                                                       soft // FD_SHARE))
 
 
 class BadRequest(ValueError):
@@ -51,19 +103,33 @@ def _strings(body: dict, field: str, n: int | None) -> list[str]:
     value = body.get(field)
     if value is None:
         raise BadRequest(f"{field}: is required (a list of strings)")
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise BadRequest(f"{field}: must be a list of strings, got {type(value).__name__}")
+    for i, v in enumerate(value):
+        if not isinstance(v, str):
+            raise BadRequest(f"{field}[{i}]: must be a string, got {type(v).__name__}")
     if n is not None and len(value) != n:
         raise BadRequest(f"{field}: must hold one entry per query ({n}), got {len(value)}")
     return value
 
 
-def parse_rows(raw: bytes) -> list[Row]:
-    """The rows of an OpenRLHF request body; BadRequest names the offending field."""
+def _json(raw: bytes):
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRequest(f"body: not valid JSON ({e})") from None
+    except RecursionError:  # the decoder recurses once per nested array/object
+        raise BadRequest("body: JSON nested too deeply (a request is an object of flat lists)") from None
+
+
+def parse_rows(raw: bytes, end_markers: Sequence[str] = END_MARKERS) -> list[Row]:
+    """The rows of an OpenRLHF request body; BadRequest names the offending field.
+
+    OpenRLHF decodes ``query`` with the policy's special tokens kept, so its end-of-sequence
+    marker and padding surround the text; they are cut off both ends of the query and the
+    prompt (``grm.grouping.strip_end_markers``) before the response is split off, or the
+    judge would read them as part of the response."""
+    body = _json(raw)
     if not isinstance(body, dict):
         raise BadRequest(f"body: must be a JSON object, got {type(body).__name__}")
     queries = _strings(body, "query", None)
@@ -73,6 +139,8 @@ def parse_rows(raw: bytes) -> list[Row]:
     labels = body.get("labels") or [None] * len(queries)
     if not isinstance(labels, list) or len(labels) != len(queries):
         raise BadRequest(f"labels: must be a list with one entry per query ({len(queries)})")
+    queries = [strip_end_markers(q, end_markers) for q in queries]
+    prompts = [strip_end_markers(p, end_markers) for p in prompts]
     for i, (q, p) in enumerate(zip(queries, prompts)):
         if not q.startswith(p):
             raise BadRequest(f"query[{i}]: must start with prompts[{i}] (the response is the rest of the query)")
@@ -87,72 +155,186 @@ def reply_body(scores: list[RowScore]) -> dict:
                            "grm_num_valid": [s.num_valid for s in scores], "grm_error": [s.error for s in scores]}}
 
 
+def _reply(status: int, body: dict) -> web.Response:
+    response = web.json_response(body, status=status)
+    response.force_close()  # one request per connection: an unread body never leaks into a next one
+    return response
+
+
+class _GuardedServer(web.Server):
+    """aiohttp's low-level server plus the connection cap and the header deadline.
+
+    Past the cap, up to a quarter of it more connections are kept briefly to be answered
+    503 naming the limit (their headers must come within ``REFUSE_WAIT_S``); past that,
+    a connection is reset at once, so a flood never holds more file descriptors.
+    """
+
+    def __init__(self, handler, limits: HTTPLimits, **kwargs):
+        super().__init__(handler, **kwargs)
+        self.cap, self.header_timeout_s = limits.connection_cap(), limits.header_timeout_s
+        self.open: dict[web.RequestHandler, asyncio.BaseTransport] = {}  # counted against the cap
+        self.turned_away: dict[web.RequestHandler, asyncio.BaseTransport] = {}  # to be answered 503
+        self._timers: dict[web.RequestHandler, asyncio.TimerHandle] = {}  # until the headers are in
+        self.refused = self.expired = 0
+
+    def connection_made(self, handler, transport) -> None:
+        super().connection_made(handler, transport)
+        loop = asyncio.get_running_loop()
+        if len(self.open) < self.cap:
+            self.open[handler] = transport
+            wait = self.header_timeout_s
+        elif len(self.turned_away) < max(1, self.cap // 4):
+            self.turned_away[handler] = transport
+            wait = min(REFUSE_WAIT_S, self.header_timeout_s)
+        else:
+            self.refused += 1
+            # on the next loop turn: aiohttp starts the handler's task after this hook,
+            # and that task must see the connection open before it sees it lost
+            loop.call_soon(transport.abort)
+            return
+        self._timers[handler] = loop.call_later(wait, self._expire, handler)
+
+    def connection_lost(self, handler, exc=None) -> None:
+        self.open.pop(handler, None)
+        self.turned_away.pop(handler, None)
+        self.headers_done(handler)
+        super().connection_lost(handler, exc)
+
+    def headers_done(self, handler) -> None:
+        timer = self._timers.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, handler) -> None:
+        self._timers.pop(handler, None)
+        transport = self.open.get(handler) or self.turned_away.get(handler)
+        if transport is not None and not transport.is_closing():  # no request in time: free the slot
+            self.expired += 1
+            transport.abort()
+
+
 class RewardHTTPServer:
     """The endpoint on ``host:port`` (0 = a free port), scoring through ``grpc_target``.
 
     ``options`` go to every ScoreBatch call (k, temperature, max_new_tokens, ...);
-    ``timeout_s`` is each call's deadline.
+    ``timeout_s`` is each call's deadline; ``limits`` bound connections and timeouts.
+    The port is bound at construction; ``start`` begins serving.
     """
 
     def __init__(self, grpc_target: str, host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 300.0,
-                 per_response: bool = False, **options):
+                 per_response: bool = False, limits: HTTPLimits = HTTPLimits(),
+                 end_markers: Sequence[str] = END_MARKERS, **options):
         batch_request((), **options)  # unknown or invalid options fail at start-up
+        self.limits, self.per_response, self.options = limits, per_response, options
+        self.end_markers = tuple(end_markers)  # the policy's end and padding markers, cut off queries
         self.client = RewardClient(grpc_target, timeout_s=timeout_s)
-        self.per_response, self.options = per_response, options
-        self.httpd = ThreadingHTTPServer((host, port), _handler_for(self))
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="grm-http", daemon=True)
+        self.hangups = 0  # clients that left before their answer
+        self._sock = socket.create_server((host, port), backlog=limits.backlog)
+        self.port = self._sock.getsockname()[1]
+        self._pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="grm-http-score")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grm-http", daemon=True)
+        self._runner: web.ServerRunner | None = None
+        self._server: _GuardedServer | None = None
 
-    def score(self, rows: list[Row]) -> dict:
-        groups = group_rows(rows, per_response=self.per_response)
-        outs = self.client.score_batch([g.item for g in groups], **self.options)
-        return reply_body(spread_back(groups, [outcome(o) for o in outs], len(rows)))
+    @property
+    def open_connections(self) -> int:
+        return len(self._server.open) if self._server else 0
+
+    @property
+    def refused(self) -> int:
+        """Connections answered 503 or reset because ``max_connections`` were open."""
+        return self._server.refused if self._server else 0
+
+    @property
+    def turned_away(self) -> int:
+        """Connections past the cap, held briefly to be answered 503."""
+        return len(self._server.turned_away) if self._server else 0
+
+    @property
+    def expired(self) -> int:
+        """Connections closed because their request headers did not arrive in time."""
+        return self._server.expired if self._server else 0
 
     def start(self) -> "RewardHTTPServer":
         self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(30)
         return self
 
     def stop(self) -> None:
-        """Stop accepting requests; the ones being answered finish on their own threads."""
+        """Stop accepting; requests being answered get up to ``limits.grace_s`` to finish."""
         if self._thread.is_alive():
-            self.httpd.shutdown()
-        self.httpd.server_close()
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(self.limits.grace_s + 10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._sock.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
+    async def _open(self) -> None:
+        self._server = _GuardedServer(self._handle, self.limits, access_log=None, lingering_time=LINGER_S)
+        self._runner = web.ServerRunner(self._server, shutdown_timeout=self.limits.grace_s)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self._sock, backlog=self.limits.backlog).start()
 
-def _handler_for(endpoint: RewardHTTPServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    async def _close(self) -> None:
+        await self._runner.cleanup()
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path.split("?", 1)[0] not in PATHS:
-                return self._send(404, {"error": f"path: unknown {self.path!r}; POST to /get_reward"})
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                return self._send(411, {"error": "Content-Length: required"})
-            if not 0 <= length <= MAX_BODY_BYTES:
-                return self._send(413, {"error": f"body: at most {MAX_BODY_BYTES} bytes, got {length}"})
-            try:
-                rows = parse_rows(self.rfile.read(length))
-                return self._send(200, endpoint.score(rows))
-            except BadRequest as e:
-                return self._send(400, {"error": str(e)})
-            except grpc.RpcError as e:
-                return self._send(HTTP_FOR_GRPC.get(e.code(), 502), {"error": f"{e.code().name}: {e.details()}"})
+    def score(self, rows: list[Row]) -> dict:
+        return reply_body(self.client.score_rows(rows, per_response=self.per_response, **self.options))
 
-        def _send(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Connection", "close")  # an unread body must not leak into a next request
-            self.end_headers()
-            self.close_connection = True
-            self.wfile.write(data)
+    def answer(self, raw: bytes) -> tuple[int, dict]:
+        """The status and JSON reply for one request body (runs on a pool thread)."""
+        try:
+            return 200, self.score(parse_rows(raw, self.end_markers))
+        except BadRequest as e:
+            return 400, {"error": str(e)}
+        except grpc.RpcError as e:
+            return HTTP_FOR_GRPC.get(e.code(), 502), {"error": f"{e.code().name}: {e.details()}"}
 
-        def log_message(self, fmt: str, *args) -> None:  # http.server prints to stderr by default
-            log.debug("%s - " + fmt, self.address_string(), *args)
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self._server.headers_done(request.protocol)
+        if request.protocol in self._server.turned_away:
+            self._server.refused += 1
+            return _reply(503, {"error": f"connections: at most {self._server.cap} open at once; retry"})
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        raw = await self._body(request)
+        if isinstance(raw, web.Response):
+            return raw
+        status, body = await asyncio.get_running_loop().run_in_executor(self._pool, self.answer, raw)
+        if request.transport is None or request.transport.is_closing():
+            return self._hung_up(request)
+        return _reply(status, body)
 
-    return Handler
+    def _refusal(self, request: web.BaseRequest) -> web.Response | None:
+        """The answer to a request refused on its headers alone, or None."""
+        if request.method != "POST":
+            return _reply(501, {"error": f"method: only POST is served, got {request.method}"})
+        if request.path not in PATHS:
+            return _reply(404, {"error": f"path: unknown {request.path!r}; POST to /get_reward"})
+        if request.content_length is None:
+            return _reply(411, {"error": "Content-Length: required"})
+        if request.content_length > self.limits.max_body_bytes:
+            return _reply(413, {"error": f"body: at most {self.limits.max_body_bytes} bytes, "
+                                         f"got {request.content_length}"})
+        return None
+
+    async def _body(self, request: web.BaseRequest) -> bytes | web.Response:
+        """The whole body, or the answer when it does not arrive in time or the client left."""
+        length = request.content_length
+        if request.headers.get("Expect", "").lower() == "100-continue":  # curl asks this for large bodies
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            return await asyncio.wait_for(request.content.readexactly(length), self.limits.body_timeout_s)
+        except asyncio.TimeoutError:
+            return _reply(408, {"error": f"body: {length} bytes (Content-Length) not received within "
+                                         f"{self.limits.body_timeout_s:g} s"})
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return self._hung_up(request)
+
+    def _hung_up(self, request: web.BaseRequest) -> web.Response:
+        self.hangups += 1
+        log.debug("HTTP client %s left before its answer (%d so far)", request.remote, self.hangups)
+        return _reply(499, {"error": "client closed the connection"})  # nobody reads it

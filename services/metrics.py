@@ -22,13 +22,17 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = reg = CollectorRegistry()
-        self.requests = Counter("grm_requests", "RPCs answered, by method and status code",
+        self.requests = Counter("grm_requests", "RPCs answered, by method and status code (refusals "
+                                "included; a call its client gave up on is CANCELLED, or "
+                                "DEADLINE_EXCEEDED when its deadline ended it)",
                                 ["method", "code"], registry=reg)  # -> grm_requests_total
         self.latency = Histogram("grm_request_latency_seconds", "RPC latency, by method", ["method"],
                                  buckets=LATENCY_BUCKETS, registry=reg)
-        self.items = Counter("grm_items", "inputs answered, by source (computed | cache)",
+        self.items = Counter("grm_items", "inputs scored, by source (computed: run by the engine, counted "
+                             "when its pass ends even if its caller left | cache: answered from the cache)",
                              ["source"], registry=reg)
-        self.samples = Counter("grm_samples", "judgments sampled by the engine", registry=reg)
+        self.samples = Counter("grm_samples", "judgments sampled by the engine (every one generated)",
+                               registry=reg)
         self.invalid_samples = Counter("grm_invalid_samples", "invalid judgments, by reason",
                                        ["reason"], registry=reg)
         self.batch_size = Histogram("grm_batch_size", "inputs per engine pass",

@@ -5,7 +5,10 @@ futures. One dedicated worker thread (model work never runs on the event loop) t
 batch, runs ``run_plans(batch)`` once, and resolves each future on its own loop through
 ``loop.call_soon_threadsafe``.
 
-How a batch forms (DESIGN.md section 8: a short wait, capped by tokens):
+How a batch forms (docs/design.md, "Engines and batching": a short wait, capped by tokens). It rests
+on one fact: a decoding step is bound by reading the weights, so a step over many
+sequences costs about what a step over one does, and an input that joins a pass is
+nearly free while one that waits for the next pass pays a whole pass. Hence:
 
 - the worker takes what is queued at once, unless callers have *announced* work that is
   on its way (``expect(n)`` before they tokenize their prompts). Then it waits for it,
@@ -13,21 +16,24 @@ How a batch forms (DESIGN.md section 8: a short wait, capped by tokens):
   for at most ``max_linger_ms`` in all. A lone request never waits; a burst of concurrent
   ones (whose prompts are tokenized one after another, a few ms each) shares a pass;
 - a batch holds at most ``max_batch_sequences`` sampled sequences (k per input) and
-  ``max_batch_tokens`` tokens, counted per sequence as prompt + max_new_tokens, a bound
-  on the KV cache the pass needs. An input larger than the caps runs alone;
-- an input whose deadline passed, or whose caller went away, is dropped unrun;
+  ``max_batch_tokens`` tokens (``Plan.cost``: per sequence its prompt + max_new_tokens, a
+  bound on the KV cache the pass needs). An input larger than the caps runs alone;
+- an input whose deadline passed, or whose caller went away, is dropped unrun. A
+  ``Deadline`` may move later while its input waits (identical work shared by callers
+  with different deadlines lives as long as the one with the most time);
 - when a batch raises, its inputs run again one by one, so one bad input fails only its
   own future.
 
 The queue is bounded: ``submit`` raises ``QueueFull`` past ``max_queue`` waiting inputs.
+Every input the engine ran is counted (``grm_items_total{source="computed"}``,
+``grm_samples_total``) when its pass ends, whether or not its caller still waits for it.
 
 Example (inside a coroutine)::
 
     scheduler = Scheduler(grm.run_plans, SchedulerConfig(max_wait_ms=5)).start()
-    ticket = scheduler.expect(1)
-    plan = grm.plan(item, sampling, aggregation)
-    result = await scheduler.submit(plan, deadline=time.monotonic() + 30, ticket=ticket)
-    ticket.release()
+    with scheduler.expect(1) as ticket:
+        plan = grm.plan(item, sampling, aggregation)
+        result = await scheduler.submit(plan, Deadline.within(30), ticket)
 """
 
 from __future__ import annotations
@@ -75,10 +81,34 @@ class SchedulerConfig:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def plan_cost(plan: Plan) -> tuple[int, int]:
-    """(tokens, sequences) of one plan: each of the k sequences holds its prompt plus its budget."""
-    tokens = sum(len(p.samples) * (len(p.ids) + plan.sampling.max_new_tokens) for p in plan.prompts)
-    return tokens, plan.sampling.k
+class Deadline:
+    """The ``time.monotonic()`` second after which an input is not worth running (None: never).
+
+    It only ever moves later (``extend``): work shared by several callers must stay wanted
+    while any of them still waits. The event loop writes ``at`` and the worker thread reads
+    it; one attribute store is atomic, and a read a moment stale errs on running the input.
+    """
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float | None = None):
+        self.at = at
+
+    @classmethod
+    def within(cls, seconds: float | None) -> "Deadline":
+        """``seconds`` from now; None (no limit) gives a deadline that never passes."""
+        return cls(None if seconds is None else time.monotonic() + seconds)
+
+    def extend(self, other: "Deadline") -> None:
+        """Move to ``other`` when that is later (no deadline is the latest of all)."""
+        if self.at is not None and (other.at is None or other.at > self.at):
+            self.at = other.at
+
+    def passed(self, now: float) -> bool:
+        return self.at is not None and now >= self.at
+
+    def __repr__(self) -> str:
+        return f"Deadline(at={self.at!r})"
 
 
 @dataclass
@@ -86,14 +116,14 @@ class _Work:
     plan: Plan
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
-    deadline: float | None  # time.monotonic() seconds; None = no deadline
+    deadline: Deadline
     tokens: int
     sequences: int
 
     def gone(self, now: float) -> str | None:
         if self.future.cancelled():  # read across threads: a flag that only ever turns on
             return "cancelled"
-        if self.deadline is not None and now >= self.deadline:
+        if self.deadline.passed(now):
             return "deadline"
         return None
 
@@ -111,6 +141,12 @@ class Ticket:
 
     def release(self) -> None:
         self.consume(self.left)
+
+    def __enter__(self) -> "Ticket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class Scheduler:
@@ -150,10 +186,11 @@ class Scheduler:
                 self._incoming += n
                 self._cond.notify_all()
 
-    def submit(self, plan: Plan, deadline: float | None = None, ticket: Ticket | None = None) -> asyncio.Future:
-        """Queue one plan; the returned future (of this loop) resolves to its ScoreResult."""
+    def submit(self, plan: Plan, deadline: Deadline = Deadline(), ticket: Ticket | None = None) -> asyncio.Future:
+        """Queue one plan; the returned future (of this loop) resolves to its ScoreResult.
+        ``deadline`` is read, never written, so the default that never passes can be shared."""
         loop = asyncio.get_running_loop()
-        tokens, sequences = plan_cost(plan)
+        tokens, sequences = plan.cost
         work = _Work(plan, loop.create_future(), loop, deadline, tokens, sequences)
         with self._cond:
             if self._closed:
@@ -245,8 +282,20 @@ class Scheduler:
                 else:
                     self._settle(work, None, DeadlineExpired("the deadline passed before the input ran"))
             return
+        self._count(results)
         for work, result in zip(batch, results):
             self._settle(work, result, None)
+
+    def _count(self, results: list[ScoreResult]) -> None:
+        """Count what the engine did here, not where callers read it: a result whose caller
+        left meanwhile was still generated, and the counters must add up to the passes."""
+        if self.metrics is None:
+            return
+        self.metrics.items.labels("computed").inc(len(results))
+        self.metrics.samples.inc(sum(len(r.judgments) for r in results))
+        for result in results:
+            for reason, count in result.invalid_reasons.items():
+                self.metrics.invalid_samples.labels(str(reason)).inc(count)
 
     def _settle(self, work: _Work, result: ScoreResult | None, exc: BaseException | None) -> None:
         def resolve() -> None:

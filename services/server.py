@@ -47,7 +47,7 @@ class ServerConfig:
     limits: Limits = Limits()
     defaults: SamplingOptions = SamplingOptions()  # used for unset sampling fields
     scheduler: SchedulerConfig = SchedulerConfig()
-    max_concurrent_rpcs: int = 256  # past this grpc answers RESOURCE_EXHAUSTED
+    max_concurrent_rpcs: int = 256  # RewardService calls at once; past this RESOURCE_EXHAUSTED (counted)
     grace_s: float = 30.0  # how long shutdown waits for calls in flight
     metrics_port: int | None = None  # Prometheus /metrics port; 0 = a free one, None = off
     metrics_host: str = "127.0.0.1"
@@ -140,20 +140,19 @@ class RewardServer:
         await asyncio.to_thread(self.metrics.stop_http)
         self._stopped.set()
 
-    async def wait_for_termination(self) -> None:
-        await self._stopped.wait()
-
 
 async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.1:0",
                         config: ServerConfig = ServerConfig(), cache=None) -> tuple[RewardServer, int]:
     """Bind ``address``, start serving (health NOT_SERVING), load the model in the background."""
     metrics = ServiceMetrics()
-    servicer = RewardServicer(config.limits, config.defaults, metrics, cache, config.cache_prefix, SERVER_VERSION)
+    servicer = RewardServicer(config.limits, config.defaults, metrics, cache, config.cache_prefix, SERVER_VERSION,
+                              config.max_concurrent_rpcs)
     health_servicer = health.aio.HealthServicer()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    # No maximum_concurrent_rpcs here: grpc would refuse past it before any handler of ours
+    # runs, so the refusals would go uncounted; the servicer enforces the limit instead.
     server = grpc.aio.server(
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[("grpc.max_receive_message_length", config.limits.max_message_bytes),
                  ("grpc.max_send_message_length", -1),  # replies with judgments can be large
                  ("grpc.so_reuseport", 0)])  # a port in use must fail loudly, not be shared

@@ -1,27 +1,25 @@
-"""The ``grm.v1.RewardService`` handlers: validate, look up the cache, plan, schedule, reply.
+"""The ``grm.v1.RewardService`` handlers: one pipeline of short steps from request to reply.
 
 One pipeline serves Score (a batch of one that fails as a whole) and ScoreBatch (per-item
-errors). For each input::
+errors)::
 
-    validate -> cache get_many (one MGET per call) -> judge.plan on the prep thread
-    -> Singleflight(key) [ cache re-read -> scheduler (micro-batched engine pass on its
-       worker thread) -> ScoreResult proto -> cache set_many (one pipeline per pass,
-       full result with judgments) ] -> reply (judgments stripped unless asked for)
+    validate -> cache lookup (ResultStore.lookup: one get_many per call)
+    -> plan (render + tokenize on the prep thread)
+    -> schedule, per input through Singleflight(key) [ cache recheck -> Scheduler.submit
+       (micro-batched engine pass on its worker thread) -> ResultStore.store ]
+    -> reply (latency stamped, judgments stripped unless asked for)
 
-The flight ends only once its result is stored, and a leader re-reads the cache first,
-so identical requests never reach the engine twice however their arrivals interleave.
-
-A result is stored as two entries: the ScoreResult without its judgments under ``key``
-(a few dozen bytes) and one holding only the judgments under ``judgments_key(key)``
-(k critiques: kilobytes to megabytes). A hit that does not return judgments reads the
-small entry alone; one that does reads both in the same MGET and merges them, which
-gives back exactly the stored message. Either entry missing or corrupt is a miss, and
-the recomputed result overwrites both.
+A flight ends only once its result is stored, and a leader re-reads the cache first, so
+identical requests never reach the engine twice however their arrivals interleave. A
+flight's deadline is the latest of its callers' (services/singleflight.py). How a result
+is laid out in the cache lives in services/result_store.py.
 
 Every failure becomes an ``RpcFailure`` with a status code from the table in
 ``proto/grm/v1/reward.proto``; bad input is always INVALID_ARGUMENT, never INTERNAL.
 Requests arrive through hand-made method handlers whose deserializer tolerates garbage
-bytes, so even an unparseable request is answered INVALID_ARGUMENT.
+bytes, so even an unparseable request is answered INVALID_ARGUMENT. The handlers enforce
+the concurrent-call limit themselves (not grpc), so every refusal is answered and counted
+in ``grm_requests_total`` like any other call.
 """
 
 from __future__ import annotations
@@ -38,16 +36,22 @@ from google.protobuf.message import DecodeError
 
 from grm.judge import GenerativeRewardModel, InputTooLong, Plan
 from grm.types import SamplingOptions
-from services.cache import DEFAULT_PREFIX, Singleflight, cache_key
+from services.cache import DEFAULT_PREFIX, cache_key
 from services.convert import CachePolicy, result_to_proto, sampling_to_proto
 from services.metrics import ServiceMetrics
 from services.proto.grm.v1 import reward_pb2 as pb
-from services.scheduler import DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, Ticket
+from services.result_store import ResultStore
+from services.scheduler import Deadline, DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, Ticket
+from services.singleflight import Singleflight
 from services.validation import Limits, Request, ValidationError, parse_batch, parse_score
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name  # "grm.v1.RewardService"
 Code = grpc.StatusCode
+# A client's deadline and ours are the same timeout started a network hop apart, so its
+# cancellation can arrive a little before our own timer fires; within this much of the
+# deadline a cancelled call counts as DEADLINE_EXCEEDED.
+DEADLINE_SLACK_S = 0.1
 
 
 class RpcFailure(Exception):
@@ -86,11 +90,13 @@ class RewardServicer:
     """Holds the serving state; ``handler()`` exposes it to a grpc.aio server."""
 
     def __init__(self, limits: Limits, defaults: SamplingOptions, metrics: ServiceMetrics, cache=None,
-                 cache_prefix: str = DEFAULT_PREFIX, server_version: str = ""):
+                 cache_prefix: str = DEFAULT_PREFIX, server_version: str = "", max_concurrent_rpcs: int = 256):
         self.limits, self.defaults, self.metrics = limits, defaults, metrics
         self.cache, self.cache_prefix, self.server_version = cache, cache_prefix, server_version
+        self.store = ResultStore(cache) if cache is not None else None
         self.singleflight = Singleflight()
-        self._writer = _WriteBatcher(cache) if cache is not None else None
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        self._in_flight = 0  # calls being handled; all of them run on the server's one event loop
         self.backend: Backend | None = None
         self.load_error: str | None = None
         self.shutting_down = False
@@ -115,24 +121,33 @@ class RewardServicer:
     def _wrap(self, name: str, fn: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
         async def handle(request, context: grpc.aio.ServicerContext):
             start, code = time.perf_counter(), Code.OK
+            self._in_flight += 1
             try:
-                if isinstance(request, _Malformed):
-                    raise RpcFailure(Code.INVALID_ARGUMENT, request.message)
+                self._admit(request)
                 return await fn(request, context)
             except RpcFailure as e:
                 code = e.code
                 await context.abort(e.code, e.message)
             except asyncio.CancelledError:  # the caller went away or its deadline passed
-                code = Code.CANCELLED
+                code = _cancelled_code(context)
                 raise
             except Exception as e:  # a fault of ours; bad input never gets here
                 log.exception("%s failed", name)
                 code = Code.INTERNAL
                 await context.abort(Code.INTERNAL, f"internal error: {type(e).__name__}: {e}")
             finally:
+                self._in_flight -= 1
                 self.metrics.requests.labels(name, code.name).inc()
                 self.metrics.latency.labels(name).observe(time.perf_counter() - start)
         return handle
+
+    def _admit(self, request) -> None:
+        """Refuse a call past the concurrent-call limit, or one whose bytes did not parse."""
+        if self._in_flight > self.max_concurrent_rpcs:
+            raise RpcFailure(Code.RESOURCE_EXHAUSTED, f"the server is busy: {self.max_concurrent_rpcs} calls "
+                             "in flight already (max_concurrent_rpcs); retry later")
+        if isinstance(request, _Malformed):
+            raise RpcFailure(Code.INVALID_ARGUMENT, request.message)
 
     def _serving(self) -> Backend:
         if self.shutting_down:
@@ -185,91 +200,65 @@ class RewardServicer:
     async def _score(self, req: Request, backend: Backend, context, where: list[str]) -> list:
         """One ``pb.ScoreResult`` or ``RpcFailure`` per item, in order."""
         start = time.perf_counter()
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        keys = [self._key(backend.judge, req, item) for item in req.items]
-        outs: list = list(await self._lookup(keys, req.cache_policy, req.return_judgments))
-        todo = []
-        for i, item in enumerate(req.items):
-            if isinstance(item, ValidationError):
-                outs[i] = RpcFailure(Code.INVALID_ARGUMENT, str(item))
-            elif outs[i] is None:
-                todo.append(i)
+        deadline = Deadline.within(context.time_remaining())
+        identity = backend.judge.cache_identity(req.aggregation)
+        keys = [self._key(identity, req, item) for item in req.items]
+        outs = await self._lookup(req, keys)
+        todo = [i for i, out in enumerate(outs) if out is None]
         if todo:
-            if backend.scheduler.free_slots() < len(todo):
-                raise RpcFailure(Code.RESOURCE_EXHAUSTED, f"the server is busy: {len(todo)} inputs do not fit "
-                                 f"the queue ({backend.scheduler.free_slots()} free slots); retry later")
-            ticket = backend.scheduler.expect(len(todo))
-            try:
-                plans = await asyncio.get_running_loop().run_in_executor(
-                    self._prep, _plan_all, backend.judge, req, [(i, where[i]) for i in todo])
-                ticket.consume(sum(isinstance(p, RpcFailure) for p in plans))
-                computed = await asyncio.gather(*(
-                    self._compute(backend.scheduler, plan, keys[i], deadline, ticket, req.cache_policy)
-                    for i, plan in zip(todo, plans)))
-            finally:
-                ticket.release()
+            computed = await self._compute_all(backend, req, [(i, where[i], keys[i]) for i in todo], deadline)
             for i, out in zip(todo, computed):
                 outs[i] = out
-        latency_ms = (time.perf_counter() - start) * 1000
-        for out in outs:
-            if isinstance(out, pb.ScoreResult):
-                out.latency_ms = latency_ms
-                if not req.return_judgments:
-                    del out.judgments[:]
-        return outs
+        return _reply(outs, req.return_judgments, (time.perf_counter() - start) * 1000)
 
-    def _key(self, judge: GenerativeRewardModel, req: Request, item) -> str | None:
+    def _key(self, identity: dict[str, str], req: Request, item) -> str | None:
+        """The cache and flight key of one input; None when it is neither cached nor shared."""
         if isinstance(item, ValidationError) or req.cache_policy is CachePolicy.BYPASS:
             return None
-        revision = judge.revision
-        if req.aggregation.aggregation == "meta_voting":  # the meta RM's weights decide the result too
-            revision += "+meta:" + judge.meta_rm.revision
-        return cache_key(self.cache_prefix, judge.model_id, revision, judge.template.version, item,
-                         req.sampling, req.aggregation)
+        return cache_key(self.cache_prefix, identity, item, req.sampling, req.aggregation)
 
-    async def _lookup(self, keys: list[str | None], policy: CachePolicy,
-                      with_judgments: bool) -> list[pb.ScoreResult | None]:
-        wanted = [k for k in keys if k is not None]
-        if self.cache is None or policy is not CachePolicy.USE or not wanted:
-            return [None] * len(keys)
-        blobs = await self._read(wanted, with_judgments)
-        outs = [_cached_result(key, blobs, with_judgments) if key is not None else None for key in keys]
-        hits = sum(m is not None for m in outs)
+    async def _lookup(self, req: Request, keys: list[str | None]) -> list:
+        """Bad items as their INVALID_ARGUMENT, cache hits as results, None for what to compute."""
+        outs: list = [RpcFailure(Code.INVALID_ARGUMENT, str(item)) if isinstance(item, ValidationError) else None
+                      for item in req.items]
+        wanted = [i for i, key in enumerate(keys) if key is not None]
+        if self.store is None or req.cache_policy is not CachePolicy.USE or not wanted:
+            return outs
+        found = await self.store.lookup([keys[i] for i in wanted], req.return_judgments)
+        for i, hit in zip(wanted, found):
+            outs[i] = hit
+        hits = sum(hit is not None for hit in found)
         self.metrics.cache_lookups.labels("hit").inc(hits)
         self.metrics.cache_lookups.labels("miss").inc(len(wanted) - hits)
         self.metrics.items.labels("cache").inc(hits)
         return outs
 
+    async def _compute_all(self, backend: Backend, req: Request, todo: list[tuple[int, str, str | None]],
+                           deadline: Deadline) -> list:
+        """Plan the inputs ``todo`` (index, field name, key) and schedule them; a result or RpcFailure each."""
+        scheduler = backend.scheduler
+        if scheduler.free_slots() < len(todo):
+            raise RpcFailure(Code.RESOURCE_EXHAUSTED, f"the server is busy: {len(todo)} inputs do not fit "
+                             f"the queue ({scheduler.free_slots()} free slots); retry later")
+        with scheduler.expect(len(todo)) as ticket:
+            plans = await asyncio.get_running_loop().run_in_executor(
+                self._prep, _plan_all, backend.judge, req, [(i, where) for i, where, _ in todo])
+            ticket.consume(sum(isinstance(p, RpcFailure) for p in plans))
+            return await asyncio.gather(*(
+                self._compute(scheduler, plan, key, deadline, ticket, req.cache_policy)
+                for (_, _, key), plan in zip(todo, plans)))
+
     async def _compute(self, scheduler: Scheduler, plan: Plan | RpcFailure, key: str | None,
-                       deadline: float | None, ticket: Ticket, policy: CachePolicy) -> pb.ScoreResult | RpcFailure:
+                       deadline: Deadline, ticket: Ticket, policy: CachePolicy) -> pb.ScoreResult | RpcFailure:
+        """One input through its flight (shared with identical inputs in flight) to a result of its own."""
         if isinstance(plan, RpcFailure):
             return plan
 
-        async def run() -> pb.ScoreResult:
-            if key is not None and policy is CachePolicy.USE:
-                # A request that missed the cache just before another flight for this key
-                # stored its result and ended finds the entry here instead of recomputing.
-                cached = await self._recheck(key)
-                if cached is not None:
-                    return cached
-            result = await scheduler.submit(plan, deadline, ticket)
-            self.metrics.items.labels("computed").inc()
-            self.metrics.samples.inc(len(result.judgments))
-            for reason, count in result.invalid_reasons.items():
-                self.metrics.invalid_samples.labels(reason).inc(count)
-            msg = result_to_proto(result)
-            if key is not None and self._writer is not None:
-                # Stored before the flight ends: a request that just missed the cache either
-                # joins this flight or finds the entry on its recheck, never computes it again.
-                await self._writer.write(_entries(key, msg))
-            return msg
+        def run(shared: Deadline) -> Awaitable[pb.ScoreResult]:
+            return self._run(scheduler, plan, key, shared, ticket, policy)
 
         try:
-            if key is not None and policy is not CachePolicy.BYPASS:
-                shared = await self.singleflight.run(key, run)
-            else:
-                shared = await run()
+            shared = await (run(deadline) if key is None else self.singleflight.run(key, run, deadline))
         except QueueFull as e:
             return RpcFailure(Code.RESOURCE_EXHAUSTED, f"the server is busy: {e}; retry later")
         except DeadlineExpired as e:
@@ -283,84 +272,38 @@ class RewardServicer:
         out.CopyFrom(shared)  # every caller edits its own copy (latency, judgments stripped)
         return out
 
-    async def _recheck(self, key: str) -> pb.ScoreResult | None:
-        """One more cache read for a key about to be computed; no metrics (it is the same lookup).
-        With judgments: the flight's result is shared by callers that may want them."""
-        return _cached_result(key, await self._read([key], True), True)
-
-    async def _read(self, keys: list[str], with_judgments: bool) -> dict[str, bytes | None]:
-        """The stored entries of ``keys`` (and of their judgments) in one ``get_many``."""
-        wanted = keys + [judgments_key(k) for k in keys] if with_judgments else keys
-        try:
-            return dict(zip(wanted, await self.cache.get_many(wanted)))
-        except Exception:  # a cache must never fail a request: run uncached
-            log.warning("cache lookup failed; scoring without it", exc_info=True)
-            return {}
-
-
-def judgments_key(key: str) -> str:
-    """The cache entry that holds the judgments of the result stored under ``key``."""
-    return key + ":judgments"
+    async def _run(self, scheduler: Scheduler, plan: Plan, key: str | None, deadline: Deadline,
+                   ticket: Ticket, policy: CachePolicy) -> pb.ScoreResult:
+        """The work of one flight: recheck the cache, run the engine, store the result."""
+        if key is not None and policy is CachePolicy.USE and self.store is not None:
+            # A request that missed the cache just before another flight for this key stored
+            # its result and ended finds the entry here instead of recomputing. With
+            # judgments: the flight's result is shared by callers that may want them.
+            [cached] = await self.store.lookup([key], with_judgments=True)
+            if cached is not None:
+                return cached
+        msg = result_to_proto(await scheduler.submit(plan, deadline, ticket))
+        if key is not None and self.store is not None:
+            # Stored before the flight ends: a request that just missed the cache either
+            # joins this flight or finds the entry on its recheck, never computes it again.
+            await self.store.store(key, msg)
+        return msg
 
 
-def _entries(key: str, msg: pb.ScoreResult) -> list[tuple[str, bytes]]:
-    """A result's two cache entries: all but the judgments, then the judgments alone."""
-    summary = pb.ScoreResult()
-    summary.CopyFrom(msg)
-    del summary.judgments[:]
-    return [(key, summary.SerializeToString()),
-            (judgments_key(key), pb.ScoreResult(judgments=msg.judgments).SerializeToString())]
+def _reply(outs: list, with_judgments: bool, latency_ms: float) -> list:
+    """Stamp every result with the call's latency; drop judgments nobody asked for."""
+    for out in outs:
+        if isinstance(out, pb.ScoreResult):
+            out.latency_ms = latency_ms
+            if not with_judgments:
+                del out.judgments[:]
+    return outs
 
 
-def _cached_result(key: str, blobs: dict[str, bytes | None], with_judgments: bool) -> pb.ScoreResult | None:
-    """A stored result marked as coming from the cache; None for a miss or an unparseable entry.
-
-    Parsing the judgments entry into the summary merges them: serialized protobufs
-    concatenate, so summary + judgments parse back to the message that was split.
-    """
-    summary = blobs.get(key)
-    judgments = blobs.get(judgments_key(key)) if with_judgments else b""
-    if summary is None or judgments is None:
-        return None
-    try:
-        msg = pb.ScoreResult.FromString(summary)
-        msg.MergeFromString(judgments)
-    except DecodeError:
-        log.warning("cache entry %s does not parse; recomputing", key)
-        return None
-    msg.from_cache = True
-    return msg
-
-
-class _WriteBatcher:
-    """Cache writes from results that resolve together (one engine pass) go out as one
-    ``set_many`` (one Redis pipeline). ``write`` returns once its entries are stored; the
-    write itself runs in its own task, so a cancelled caller cannot lose it."""
-
-    def __init__(self, cache):
-        self.cache = cache
-        self._buffer: list[tuple[list[tuple[str, bytes]], asyncio.Future]] = []
-        self._flush: asyncio.Task | None = None
-
-    async def write(self, entries: list[tuple[str, bytes]]) -> None:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        self._buffer.append((entries, done))
-        if self._flush is None:
-            self._flush = loop.create_task(self._flush_soon())
-        await asyncio.shield(done)
-
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(0)  # the other results of the same pass resolve in this loop turn
-        batch, self._buffer, self._flush = self._buffer, [], None
-        try:
-            await self.cache.set_many([entry for entries, _ in batch for entry in entries])
-        except Exception:  # set_many should never raise; a cache must not fail requests anyway
-            log.warning("cache write failed", exc_info=True)
-        finally:
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
+def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """Why a call was cancelled: its deadline (DEADLINE_EXCEEDED) or its client (CANCELLED)."""
+    remaining = context.time_remaining()
+    return Code.DEADLINE_EXCEEDED if remaining is not None and remaining <= DEADLINE_SLACK_S else Code.CANCELLED
 
 
 def _plan_all(judge: GenerativeRewardModel, req: Request, todo: list[tuple[int, str]]) -> list:

@@ -7,6 +7,12 @@
 - OpenRLHF's remote reward model is an HTTP endpoint served by ``grm serve --http-port``
   (``services/http_reward.py``).
 
+All of them turn the framework's flat rows into rewards with one helper,
+``services.client.RewardClient.score_rows`` (and its async twin): completions sharing a
+prompt are judged together, a group past the server's ``max_responses`` in parts aligned
+on shared anchor completions (``grm.grouping``), and UNAVAILABLE is retried by the
+client's ``RetryPolicy`` only.
+
 Unscorable responses come back as ``None`` (TRL), an explicit error or an explicit
 stand-in (verl), or ``null`` (OpenRLHF): never as a silent 0.
 """

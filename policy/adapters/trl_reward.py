@@ -13,7 +13,9 @@ The prompts and completions are strings (standard format) or chat messages
 (conversational format: a prompt is a message list, a completion a list holding the
 assistant message). By default the completions that share a prompt are judged together,
 as one GRM input with G responses, and the whole call is ONE ``ScoreBatch`` RPC;
-``per_response=True`` judges each completion alone.
+``per_response=True`` judges each completion alone. A group larger than the server's
+``max_responses`` is judged in parts that share anchor completions and are aligned on
+them (``services.client.RewardClient.score_rows``, ``grm.grouping``).
 
 The reward is the GRM's mean score, 1..10. A completion the service could not score
 (every judgment invalid, or its input rejected, e.g. too long) gets ``None``, which TRL
@@ -32,8 +34,8 @@ import logging
 import statistics
 from typing import Sequence
 
-from grm.grouping import Group, Row, RowScore, group_rows, spread_back
-from services.client import AsyncRewardClient, RetryPolicy, RewardClient, batch_request, outcome
+from grm.grouping import Row, RowScore
+from services.client import AsyncRewardClient, RetryPolicy, RewardClient, batch_request
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +89,6 @@ class _RemoteReward:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_client": None}
 
-    def _groups(self, prompts: Sequence, completions: Sequence) -> list[Group]:
-        return group_rows(trl_rows(prompts, completions), per_response=self.per_response)
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.target!r}, per_response={self.per_response}, {self.options})"
 
@@ -98,11 +97,11 @@ class TRLReward(_RemoteReward):
     """A synchronous TRL reward function; see the module docstring."""
 
     def __call__(self, prompts: Sequence, completions: Sequence, log_metric=None, **kwargs) -> list[float | None]:
-        groups = self._groups(prompts, completions)
+        rows = trl_rows(prompts, completions)
         if self._client is None:
             self._client = RewardClient(self.target, timeout_s=self.timeout_s, retry=self.retry)
-        outs = self._client.score_batch([g.item for g in groups], **self.options)
-        return report(self.__name__, spread_back(groups, [outcome(o) for o in outs], len(prompts)), log_metric)
+        return report(self.__name__, self._client.score_rows(rows, per_response=self.per_response, **self.options),
+                      log_metric)
 
 
 class AsyncTRLReward(_RemoteReward):
@@ -110,12 +109,12 @@ class AsyncTRLReward(_RemoteReward):
 
     async def __call__(self, prompts: Sequence, completions: Sequence, log_metric=None,
                        **kwargs) -> list[float | None]:
-        groups = self._groups(prompts, completions)
+        rows = trl_rows(prompts, completions)
         loop = asyncio.get_running_loop()
         if self._client is None or self._client[0] is not loop:  # a grpc.aio channel serves one loop
             self._client = (loop, AsyncRewardClient(self.target, timeout_s=self.timeout_s, retry=self.retry))
-        outs = await self._client[1].score_batch([g.item for g in groups], **self.options)
-        return report(self.__name__, spread_back(groups, [outcome(o) for o in outs], len(prompts)), log_metric)
+        scores = await self._client[1].score_rows(rows, per_response=self.per_response, **self.options)
+        return report(self.__name__, scores, log_metric)
 
 
 def trl_reward(target: str, *, asynchronous: bool = False, per_response: bool = False, name: str = "grm",

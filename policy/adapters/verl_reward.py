@@ -33,7 +33,9 @@ keys, which verl logs as ``reward_extra_info``; ``spread`` and ``vote_sum`` are 
 an unscored response.
 
 The batch form judges the responses that share a prompt together (one input with N
-responses), as the TRL adapter does; the single form judges one response alone.
+responses; past the server's ``max_responses`` in parts aligned on shared anchors), as
+the TRL adapter does, through ``services.client.RewardClient.score_rows``; the single
+form judges one response alone.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ import os
 import threading
 from typing import Any, Sequence
 
-from grm.grouping import Row, RowScore, group_rows, spread_back
-from services.client import RewardClient, outcome
+from grm.grouping import Row, RowScore
+from services.client import RewardClient
 
 # Keyword arguments verl itself may add (reward loop with a reward router); not ours.
 VERL_KWARGS = ("reward_router_address", "reward_model_tokenizer")
@@ -121,9 +123,7 @@ def verl_compute_score_batch(data_sources: Sequence[str], solution_strs: Sequenc
                          f"{len(data_sources)}, {len(solution_strs)}, {len(ground_truths)}, {len(extra_infos)}")
     rows = [Row(prompt_of(info, i), text, gt if use_reference and isinstance(gt, str) and gt else None)
             for i, (text, gt, info) in enumerate(zip(solution_strs, ground_truths, extra_infos))]
-    groups = group_rows(rows, per_response=per_response)
-    outs = client_for(resolve_target(target), timeout_s).score_batch([g.item for g in groups], **options)
-    scores = spread_back(groups, [outcome(o) for o in outs], len(rows))
+    scores = client_for(resolve_target(target), timeout_s).score_rows(rows, per_response=per_response, **options)
     return [score_dict(s, stand_in, f"response {i} (data_source {data_sources[i]!r})")
             for i, s in enumerate(scores)]
 

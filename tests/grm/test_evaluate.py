@@ -27,12 +27,13 @@ import numpy as np
 import pytest
 
 from grm.aggregation import aggregate
-from grm.eval_cli import item_seed, load_data, local_scorer, remote_scorer, score_items
+from grm.eval_run import format_table, item_seed, load_data, local_scorer, score_items, write_judgments
 from grm.evaluate import (EvalItem, SampleMatrix, SkipReason, bootstrap_accuracy, item_bootstrap, matrix_from_results,
                           meta_separation, parse_lines, position_accuracy, predict_best, sample_outcomes, summarize,
                           vote_correct)
 from grm.judge import GenerativeRewardModel
 from grm.testing import build_tokenizer
+from grm_cli.eval import remote_scorer
 from grm.types import Aggregation, Completion, InvalidReason, Judgment, ScoreInput
 
 DATA = Path(__file__).with_name("data")
@@ -110,7 +111,7 @@ def test_listwise_reader():
 
 
 def test_task_records_read_as_listwise():
-    from policy.spct.tasks import task_from_record
+    from grm.tasks import task_from_record
 
     items, skipped = read("tasks.jsonl")
     assert skipped == []
@@ -128,7 +129,7 @@ def test_limit_stops_after_n_items_and_synthetic_data():
     assert len(items) == 5 and skipped == []
     assert [it.input.responses for it in load_data("synthetic:test:5", 2)[0]] == [
         it.input.responses for it in items[:2]]
-    with pytest.raises(SystemExit, match="synthetic:SPLIT:N"):
+    with pytest.raises(ValueError, match="synthetic:SPLIT:N"):
         load_data("synthetic:test", None)
 
 
@@ -307,7 +308,6 @@ def test_scored_pipeline_with_a_scripted_judge():
     assert report["accuracy"]["greedy"]["accuracy"] == pytest.approx(2 / 3)
     # every sample of an item agrees, so no two samples of one item differ in outcome
     assert report["meta_rm"]["right_vs_wrong_auc"] is None and report["meta_rm"]["right_vs_wrong_pairs"] == 0
-    from grm.eval_cli import format_table
     table = format_table({**report, "items": 3, "skipped": {"count": 0}, "samples_total": 12, "greedy_valid_rate": 1.0,
                           "settings": {"aggregations": ["voting", "meta_voting"], "k": [1, 2, 4], "samples": 4,
                                        "bootstrap_rounds": 200}})
@@ -319,8 +319,6 @@ def test_scored_pipeline_with_a_scripted_judge():
 
 
 def test_judgments_file_holds_every_judgment_in_the_data_order(tmp_path):
-    from grm.eval_cli import write_judgments
-
     grm = GenerativeRewardModel(NumberJudge(), meta_rm=ConstantMeta())
     kept, sampled, greedy, _ = score_items(local_scorer(grm), number_items(), samples=3, temperature=0.5,
                                            max_new_tokens=32, seed=0, meta=True, batch_size=2)
@@ -370,7 +368,7 @@ def test_unscorable_items_are_skipped_with_a_reason():
 
 @pytest.mark.slow
 def test_eval_command_end_to_end_on_a_tiny_model(tmp_path, capsys):
-    from grm.cli import main
+    from grm_cli.main import main
     from grm.testing import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny")

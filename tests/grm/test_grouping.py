@@ -1,10 +1,11 @@
-"""grm.grouping: flat rows to GRM inputs and back, with hand-made results."""
+"""grm.grouping: flat rows to GRM inputs and back (large groups in aligned parts), with hand-made
+results; and the end markers cut off decoded text."""
 
 from __future__ import annotations
 
 import pytest
 
-from grm.grouping import Row, group_rows, spread_back
+from grm.grouping import END_MARKERS, Row, group_rows, split_groups, spread_back, strip_end_markers
 from grm.types import ScoreResult
 
 ROWS = [Row("2+2?", "4"), Row("Name a prime.", "7"), Row("2+2?", "5"),
@@ -48,3 +49,78 @@ def test_spread_back_checks_its_inputs():
         spread_back(groups, ["x"], len(ROWS))
     with pytest.raises(ValueError, match="belong to no group"):
         spread_back(groups, ["x", "y", "z"], len(ROWS) + 1)
+
+
+# ---------------------------------------------------------------- groups past max_responses
+
+def test_a_group_of_40_is_split_into_parts_of_at_most_16_that_share_two_anchors():
+    groups = group_rows([Row("2+2?", str(i)) for i in range(40)])
+    parts = split_groups(groups, max_responses=16)
+    assert [len(p.rows) for p in parts] == [14, 15, 15] and all(p.anchors == 2 for p in parts)
+    assert all(p.rows[:2] == (0, 1) and p.item.responses[:2] == ("0", "1") for p in parts)
+    others = [r for p in parts for r in p.rows[2:]]
+    assert sorted(others) == list(range(2, 40))  # every other row in exactly one part
+    assert all(p.item.query == "2+2?" for p in parts)
+
+
+def test_groups_within_the_limit_are_left_whole_and_the_limit_is_checked():
+    groups = group_rows(ROWS)
+    assert split_groups(groups, max_responses=3) == groups
+    with pytest.raises(ValueError, match="max_responses must be >= 1, got 0"):
+        split_groups(groups, 0)
+
+
+@pytest.mark.parametrize("limit, anchors, sizes", [(1, 0, [1] * 5), (2, 1, [2] * 4), (3, 1, [3, 3]),
+                                                   (4, 2, [3, 4])])
+def test_anchors_never_fill_more_than_half_a_part(limit, anchors, sizes):
+    parts = split_groups(group_rows([Row("q", str(i)) for i in range(5)]), limit)
+    assert [len(p.rows) for p in parts] == sizes and {p.anchors for p in parts} == {anchors}
+
+
+def test_parts_are_aligned_on_their_anchors():
+    """Part 2 was judged 2 points harsher than part 1 (anchors 5, 7 against 7, 9): the anchors
+    get their means (6, 8) and each part's other rewards move by the mean anchor gap (-1, +1)."""
+    parts = split_groups(group_rows([Row("q", str(i)) for i in range(6)]), max_responses=4)
+    assert [p.rows for p in parts] == [(0, 1, 2, 3), (0, 1, 4, 5)]
+    scores = spread_back(parts, [result([7.0, 9.0, 4.0, 1.5]), result([5.0, 7.0, 3.0, 9.5])], 6)
+    assert [s.reward for s in scores] == [6.0, 8.0, 3.0, 1.0, 4.0, 10.0]  # 0.5 and 10.5 clipped to 1..10
+    assert [s.vote_sum for s in scores] == [14, 18, 8, 3, 6, 19]  # as judged, in the row's (first) part
+    assert all(s.group_size == 4 for s in scores)
+
+
+def test_alignment_removes_an_additive_bias_per_part_from_a_group_of_40():
+    """A judge that adds a bias per part (0, -1, +1.5) to a true value gives, after alignment,
+    every row its true value plus one common offset: the 40 rewards form one scale."""
+    true = [2.0 + i % 7 for i in range(40)]
+    parts = split_groups(group_rows([Row("q", str(i)) for i in range(40)]), 16)
+    biases = [0.0, -1.0, 1.5]
+    scores = spread_back(parts, [result([true[r] + b for r in p.rows]) for p, b in zip(parts, biases)], 40)
+    offsets = {round(s.reward - t, 9) for s, t in zip(scores, true)}
+    assert offsets == {round(sum(biases) / 3, 9)}
+
+
+def test_a_failed_part_and_unscored_anchors():
+    parts = split_groups(group_rows([Row("q", str(i)) for i in range(7)]), max_responses=3)
+    assert [p.rows for p in parts] == [(0, 1, 2), (0, 3, 4), (0, 5, 6)]
+    outcomes = ["INVALID_ARGUMENT: too long", result([None, 4.0, 5.0]), result([6.0, 2.0, None])]
+    scores = spread_back(parts, outcomes, 7)
+    assert scores[0].reward == 6.0 and scores[0].error is None  # its one scored judgment
+    assert scores[1].error == scores[2].error == "INVALID_ARGUMENT: too long" and scores[1].reward is None
+    assert (scores[3].reward, scores[4].reward) == (4.0, 5.0)  # no scored anchor in that part: as judged
+    assert (scores[5].reward, scores[6].reward) == (2.0, None)  # unscored stays None, never 0
+
+
+# ---------------------------------------------------------------- end markers
+
+def test_strip_end_markers_on_a_query_as_openrlhf_sends_it():
+    """OpenRLHF decodes prompt + response with special tokens kept: left padding, the policy's
+    end-of-turn marker, the template's newline and right padding all come along."""
+    prompt, response = "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n", "It is 4."
+    query = "<|endoftext|><|endoftext|>" + prompt + response + "<|im_end|>\n<|endoftext|><|endoftext|>"
+    assert strip_end_markers(query) == prompt + response
+    assert strip_end_markers(query)[len(prompt):] == response
+    assert strip_end_markers("It is 4.</s>", ["</s>"]) == "It is 4."
+    assert strip_end_markers("It is 4.<eos><eos>", ["<eos>"]) == "It is 4."  # a tokenizer's own marker
+    assert strip_end_markers("a</s> b\n", ["</s>"]) == "a</s> b\n"  # markers inside, whitespace alone: kept
+    assert strip_end_markers("It is 4.</s>", []) == "It is 4.</s>"
+    assert set(END_MARKERS) >= {"<|im_end|>", "</s>", "<|endoftext|>", "<|eot_id|>"}

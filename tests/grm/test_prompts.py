@@ -259,7 +259,7 @@ def test_encode_rejects_template_that_drops_content():
 
 
 def test_encode_sentencepiece_matches_plain_tokenization(tmp_path):
-    """A SentencePiece tokenizer (the portable choice, DESIGN.md section 12) prepends a space
+    """A SentencePiece tokenizer (the portable choice, docs/design.md, "Portable checkpoints") prepends a space
     marker to every call; the content must still get the ids it has inside the full prompt."""
     spm = pytest.importorskip("sentencepiece")
     from transformers import LlamaTokenizer  # not AutoTokenizer: that one imports torch (seconds)

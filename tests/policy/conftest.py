@@ -1,7 +1,7 @@
 """A real GRM service for the adapter tests: the bundled GRM behind gRPC and HTTP on free ports.
 
 The bundled GRM (``grm/models/grm-default``) writes parseable judgments for task-style
-queries (``policy.spct.tasks``), so rewards come back as real numbers; judgments cut at a
+queries (``grm.tasks``), so rewards come back as real numbers; judgments cut at a
 few tokens, or inputs over the service's limits, make the unscored paths happen for real.
 Settings and inputs are in ``adapter_helpers.py``.
 """

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from grm.cli import main
+from grm_cli.main import main
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from grm.default_model import default_model_path
 from grm.judge import GenerativeRewardModel
 from grm.testing import build_tiny_model
 from policy.rewards import ServiceReward
-from policy.spct.tasks import generate_tasks
+from grm.tasks import generate_tasks
 from policy.trainer import GRPOConfig, GRPOTrainer
 from redis_fixtures import redis_server  # noqa: F401 (fixture)
 from services.cache import RedisCache

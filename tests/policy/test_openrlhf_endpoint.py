@@ -68,6 +68,16 @@ def test_openrlhf_own_client_reads_our_rewards(url, client):
                                                                               **SCORED).result.rewards
 
 
+def test_end_markers_around_an_openrlhf_query_are_not_judged(url, client):
+    """OpenRLHF decodes ``query`` with the policy's special tokens kept: left padding before
+    the prompt and the end-of-sequence marker (plus padding) after the response. The judge
+    must see the response without them, exactly as if it had been sent clean."""
+    query = "<|endoftext|><|endoftext|>" + QUERY + GOOD + "<|im_end|>\n<|endoftext|><|endoftext|>"
+    status, body = post(url, {"query": [query], "prompts": ["<|endoftext|><|endoftext|>" + QUERY], "labels": [""]})
+    assert status == 200
+    assert tuple(body["rewards"]) == client.score(QUERY, [GOOD], **SCORED).result.rewards
+
+
 def test_labels_are_the_reference_answer(url, client):
     _, body = post(url, openrlhf_request([QUERY], [BAD], [GOOD]))
     assert tuple(body["rewards"]) == client.score(QUERY, [BAD], reference=GOOD, **SCORED).result.rewards
@@ -84,6 +94,9 @@ def test_unscorable_response_is_null_not_zero(url):
 @pytest.mark.parametrize("body, status, field", [
     (b"{not json", 400, "body"),
     (b"[1, 2]", 400, "body"),
+    pytest.param(b"[" * 10_000 + b"]" * 10_000, 400, "body: JSON nested too deeply", id="deeply-nested"),
+    ({"query": [1, 2], "prompts": ["a", "b"]}, 400, "query[0]: must be a string, got int"),
+    ({"query": ["ab", "cd"], "prompts": ["a", None]}, 400, "prompts[1]: must be a string, got NoneType"),
     ({"prompts": ["a"]}, 400, "query"),
     ({"query": "ab", "prompts": ["a"]}, 400, "query"),
     ({"query": [], "prompts": []}, 400, "query"),

@@ -154,7 +154,7 @@ def test_grpo_command_with_a_function_reward(policy_path, tmp_path, monkeypatch)
     (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(r) for r in [
         {"prompt": "Say hello."}, {"messages": [{"role": "user", "content": "Name a color."}]}]) + "\n")
     out = tmp_path / "run"
-    from grm.cli import main
+    from grm_cli.main import main
 
     assert main(["grpo", "--model", str(policy_path), "--prompts", str(tmp_path / "prompts.jsonl"),
                  "--reward-function", "my_rewards:vowels", "--steps", "2", "--group-size", "3",
@@ -170,7 +170,7 @@ def test_grpo_command_with_an_in_process_grm(policy_path, tmp_path):
     """The tiny random GRM writes no valid judgment: every completion is unscored, none gets 0."""
     (tmp_path / "prompts.txt").write_text("Say hello.\n\nName a color.\n")
     out = tmp_path / "run"
-    from grm.cli import main
+    from grm_cli.main import main
 
     assert main(["grpo", "--model", str(policy_path), "--prompts", str(tmp_path / "prompts.txt"), "--grm",
                  str(policy_path), "--judge-k", "2", "--judge-max-new-tokens", "8", "--steps", "1",
@@ -181,7 +181,7 @@ def test_grpo_command_with_an_in_process_grm(policy_path, tmp_path):
 
 
 def test_prompts_file_errors_name_the_line(tmp_path):
-    from policy.train import load_prompts
+    from policy.trainer import load_prompts
 
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"text": "no"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):

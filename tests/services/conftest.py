@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from grm.judge import GenerativeRewardModel
+from grm_cli.common import set_threads
 from service_helpers import CONFIG
 from services.cache import MemoryCache
-from services.cli import set_threads
 from services.client import RetryPolicy, RewardClient
 from services.server import BackgroundServer
 

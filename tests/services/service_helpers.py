@@ -7,6 +7,13 @@ tokens on a random-weight tiny model (whose judgments are invalid, which exercis
 
 from __future__ import annotations
 
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
 from grm.types import SamplingOptions
 from services.scheduler import SchedulerConfig
 from services.server import ServerConfig
@@ -26,12 +33,7 @@ class ServeProcess:
     """``grm serve --port 0`` as a subprocess; reads its stdout for the bound address."""
 
     def __init__(self, model_path, *extra: str, timeout_s: float = 120.0):
-        import queue
-        import subprocess
-        import sys
-        import threading
-
-        cmd = [sys.executable, "-m", "grm.cli", "serve", "--model", str(model_path), "--port", "0",
+        cmd = [sys.executable, "-m", "grm_cli", "serve", "--model", str(model_path), "--port", "0",
                "--threads", "2", "--default-k", "2", "--default-max-new-tokens", "16", *extra]
         # stdout carries the parseable lines; stderr (progress, logs) is kept apart so the
         # two streams can never interleave inside one line.
@@ -57,9 +59,6 @@ class ServeProcess:
 
     def wait_for_line(self, prefix: str, timeout_s: float) -> str:
         """The first output line starting with ``prefix`` (ignoring any log noise)."""
-        import queue
-        import time
-
         deadline = time.monotonic() + timeout_s
         for line in list(self.lines):
             if line.startswith(prefix):
@@ -87,8 +86,6 @@ class ServeProcess:
         return code
 
     def stop(self, timeout_s: float = 60.0) -> int:
-        import signal
-
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.wait(timeout_s)

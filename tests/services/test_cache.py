@@ -1,4 +1,4 @@
-"""services/cache.py: exact keys, both caches' shared properties, Redis faults, singleflight.
+"""services/cache.py: exact keys, both caches' shared properties, Redis faults.
 
 Redis tests run against a real ``redis-server`` on a free port (no mocks): it is killed,
 restarted, put to sleep and fed foreign values to check that the cache degrades to
@@ -20,8 +20,7 @@ import pytest
 from redis_fixtures import RedisServer, free_port, redis_server  # noqa: F401  (fixture)
 
 from grm.types import Aggregation, AggregationOptions, Message, SamplingOptions, ScoreInput
-from services.cache import (DEFAULT_PREFIX, MemoryCache, RedisCache, Singleflight, cache_key, seal,
-                            unseal)
+from services.cache import DEFAULT_PREFIX, MemoryCache, RedisCache, cache_key, seal, unseal
 
 # ---------------------------------------------------------------------------- keys
 
@@ -30,12 +29,12 @@ ITEM = ScoreInput([Message("system", "Be brief."), Message("user", "Name a prime
 SAMPLING = SamplingOptions(k=4, temperature=0.5, top_p=0.9, max_new_tokens=64, seed=3, shuffle=True)
 AGG = AggregationOptions(Aggregation.META_VOTING, k_meta=2)
 CALM = 1.0  # timeout_s for tests that are not about slowness: CI machines may be loaded
-BASE = dict(prefix=DEFAULT_PREFIX, model_id="tiny-grm", revision="ab12", template_version="default-v1",
-            item=ITEM, sampling=SAMPLING, aggregation=AGG)
+IDENTITY = dict(model_id="tiny-grm", revision="ab12", template_version="default-v1")
+BASE = dict(prefix=DEFAULT_PREFIX, item=ITEM, sampling=SAMPLING, aggregation=AGG)
 
 
-def key(**changes) -> str:
-    return cache_key(**{**BASE, **changes})
+def key(identity: dict | None = None, **changes) -> str:
+    return cache_key(identity=IDENTITY if identity is None else identity, **{**BASE, **changes})
 
 
 async def eventually(check, timeout_s: float = 5.0) -> None:
@@ -44,6 +43,11 @@ async def eventually(check, timeout_s: float = 5.0) -> None:
     while not await check():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+async def answers(cache) -> bool:
+    """Probe now (when the breaker allows) and say whether Redis answered."""
+    return await cache.check() == "ok"
 
 
 # One changed value per field of the records: a field added later fails here until listed.
@@ -99,8 +103,17 @@ def test_equal_inputs_in_other_forms_give_equal_keys():
 
 
 @pytest.mark.parametrize("field", ["model_id", "revision", "template_version"])
-def test_each_top_level_field_changes_the_key(field):
-    assert key(**{field: BASE[field] + "x"}) != key()
+def test_each_identity_field_changes_the_key(field):
+    assert key({**IDENTITY, field: IDENTITY[field] + "x"}) != key()
+
+
+@pytest.mark.parametrize("identity,error,match", [
+    ({**IDENTITY, "item": "x"}, ValueError, "identity must not use the names \\['item'\\]"),
+    ({**IDENTITY, "revision": None}, TypeError, "identity values must be strings"),
+])
+def test_key_rejects_an_identity_that_could_alias_the_request(identity, error, match):
+    with pytest.raises(error, match=match):
+        key(identity)
 
 
 def test_each_record_field_changes_the_key():
@@ -299,7 +312,7 @@ def test_redis_absent_at_start_then_started_later(caplog):
 
         with RedisServer(port=port):  # Redis comes up on that port: the same object recovers
             await asyncio.sleep(0.25)  # past the backoff
-            await eventually(lambda: cache.check(), timeout_s=3)  # check() returns "ok": truthy
+            await eventually(lambda: answers(cache), timeout_s=3)
             assert cache.state() == "ok"
             await cache.set_many([("a", b"1")])
             assert await cache.get_many(["a"]) == [b"1"]
@@ -392,102 +405,30 @@ def test_redis_hung_socket_returns_misses_quickly():
         asyncio.run(main())
 
 
+def test_redis_first_use_after_recovery_does_not_trip_on_connections_from_before_the_crash(redis_server):
+    """Connections pooled before Redis died are dead; the first call on each after Redis is
+    back must not fail (it did: state flipped back to degraded and those writes were lost)."""
+    keys = [f"k{i}" for i in range(8)]
+
+    async def main():
+        cache = RedisCache(redis_server.url, timeout_s=CALM, backoff_min_s=0.05, backoff_max_s=0.1)
+        await asyncio.gather(*(cache.set_many([(k, b"before")]) for k in keys))  # 8 pooled connections
+        redis_server.kill()
+        assert await cache.get_many(["x"]) == [None] and cache.state() == "degraded"
+        await asyncio.to_thread(redis_server.start)  # same port, empty
+        await eventually(lambda: answers(cache))  # a probe found Redis back
+        before = cache.stats()
+        await asyncio.gather(*(cache.set_many([(k, b"after")]) for k in keys))  # the old connections again
+        after = cache.stats()
+        assert (after["errors"], after["dropped"], cache.state()) == (before["errors"], before["dropped"], "ok")
+        assert await cache.get_many(keys) == [b"after"] * len(keys)
+        await cache.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("kwargs", [dict(ttl_s=0), dict(ttl_s=1.5), dict(timeout_s=0),
                                     dict(backoff_min_s=2.0, backoff_max_s=1.0)])
 def test_redis_rejects_bad_config(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         RedisCache("redis://127.0.0.1:1/0", **kwargs)
-
-
-# ---------------------------------------------------------------------------- singleflight
-
-def test_singleflight_runs_identical_calls_once():
-    calls = []
-
-    async def work(tag):
-        calls.append(tag)
-        await asyncio.sleep(0.05)
-        return object()
-
-    async def main():
-        flight = Singleflight()
-        results = await asyncio.gather(*(flight.run("k", lambda: work("k")) for _ in range(32)),
-                                       flight.run("other", lambda: work("other")))
-        assert sorted(calls) == ["k", "other"]
-        assert all(r is results[0] for r in results[:32]) and results[32] is not results[0]
-        assert flight.stats() == {"coalesced": 31, "in_flight": 0}
-        await flight.run("k", lambda: work("k"))  # done calls are not remembered: a result is not a cache
-        assert calls.count("k") == 2
-
-    asyncio.run(main())
-
-
-def test_singleflight_error_reaches_waiters_but_not_later_callers():
-    calls = 0
-
-    async def work():
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.02)
-        if calls == 1:
-            raise ValueError("model fell over")
-        return "ok"
-
-    async def main():
-        flight = Singleflight()
-        results = await asyncio.gather(*(flight.run("k", work) for _ in range(8)), return_exceptions=True)
-        assert calls == 1 and all(isinstance(r, ValueError) for r in results)
-        assert await flight.run("k", work) == "ok" and calls == 2
-
-    asyncio.run(main())
-
-
-def test_singleflight_cancelled_waiter_leaves_the_work_to_the_others():
-    finished = []
-
-    async def work():
-        await asyncio.sleep(0.05)
-        finished.append(True)
-        return 42
-
-    async def main():
-        flight = Singleflight()
-        leader = asyncio.create_task(flight.run("k", work))
-        await asyncio.sleep(0)  # the leader has started the work
-        others = [asyncio.create_task(flight.run("k", work)) for _ in range(4)]
-        await asyncio.sleep(0.01)
-        leader.cancel()
-        assert await asyncio.gather(*others) == [42] * 4 and finished == [True]
-        with pytest.raises(asyncio.CancelledError):
-            await leader
-
-    asyncio.run(main())
-
-
-def test_singleflight_last_waiter_cancelled_stops_the_work():
-    started, cancelled = [], []
-
-    async def work():
-        started.append(True)
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-        return 1
-
-    async def main():
-        flight = Singleflight()
-        waiters = [asyncio.create_task(flight.run("k", work)) for _ in range(3)]
-        await asyncio.sleep(0.01)
-        for w in waiters:
-            w.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-        await asyncio.sleep(0)
-        assert cancelled == [True] and flight.stats()["in_flight"] == 0
-
-        async def quick():
-            return 2
-        assert await flight.run("k", quick) == 2  # a fresh call, not the cancelled one
-
-    asyncio.run(main())

@@ -20,12 +20,12 @@ import pytest
 from redis_fixtures import RedisServer, free_port, redis_server  # noqa: F401  (fixture)
 from service_helpers import CONFIG
 
-from grm.types import SamplingOptions, ScoreInput
-from services.cache import DEFAULT_PREFIX, RedisCache, unseal
+from grm.types import AggregationOptions, SamplingOptions, ScoreInput
+from services.cache import DEFAULT_PREFIX, RedisCache, cache_key, unseal
 from services.client import ItemError, RetryPolicy, RewardClient
 from services.proto.grm.v1 import reward_pb2 as pb
 from services.server import BackgroundServer
-from services.servicer import _cached_result, _entries, judgments_key
+from services.result_store import judgments_key, read_result, result_entries
 
 OPTS = dict(k=2, max_new_tokens=8, seed=0)
 SERVE_CONFIG = dataclasses.replace(CONFIG, defaults=SamplingOptions(k=2, max_new_tokens=8), metrics_port=None)
@@ -93,7 +93,12 @@ def test_hit_returns_the_miss_result_exactly(judge, redis_server):
         assert hit.result == miss.result  # rewards, judgments, invalid reasons, token counts
         assert len(hit.result.judgments) == OPTS["k"]
         assert engine_calls(judge) - calls == 1
-        assert len(results_in(redis_server)) == 1
+        [key] = results_in(redis_server)
+        # the key names the judge as it states itself (GenerativeRewardModel.cache_identity)
+        sampling, aggregation = SamplingOptions(**OPTS), AggregationOptions()
+        expected = cache_key(DEFAULT_PREFIX, judge.cache_identity(aggregation),
+                             ScoreInput("hit-a: name a prime.", ["7", "9"]), sampling, aggregation)
+        assert key.decode() == expected
 
         # the full result is stored: a miss without judgments still caches them
         first = score(client, "hit-a: judgments later.")
@@ -330,19 +335,19 @@ def test_the_two_entries_parse_back_to_the_stored_message():
                       num_tokens=5, meta_score=0.25)
     msg.judgments.add(text="junk", permutation=[0, 1], valid=False, invalid_reason="no_scores", num_tokens=4)
     key = DEFAULT_PREFIX + "ab"
-    (k1, summary), (k2, judgments) = _entries(key, msg)
+    (k1, summary), (k2, judgments) = result_entries(key, msg)
     assert (k1, k2) == (key, judgments_key(key)) and k2 != key
     blobs = {k1: summary, k2: judgments}
 
     expected = pb.ScoreResult()
     expected.CopyFrom(msg)
     expected.from_cache = True
-    assert _cached_result(key, blobs, True) == expected
+    assert read_result(key, blobs, True) == expected
     del expected.judgments[:]
-    assert _cached_result(key, blobs, False) == expected
-    assert _cached_result(key, {k1: summary, k2: None}, True) is None  # judgments lost: a miss
-    assert _cached_result(key, {k2: judgments}, False) is None
-    assert _cached_result(key, {k1: b"\xff", k2: judgments}, True) is None  # does not parse: a miss
+    assert read_result(key, blobs, False) == expected
+    assert read_result(key, {k1: summary, k2: None}, True) is None  # judgments lost: a miss
+    assert read_result(key, {k2: judgments}, False) is None
+    assert read_result(key, {k1: b"\xff", k2: judgments}, True) is None  # does not parse: a miss
 
 
 def test_a_hit_without_judgments_reads_only_the_small_entry(judge, redis_server):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def grm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "grm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "grm_cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 

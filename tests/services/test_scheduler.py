@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 
 import pytest
 
 from grm.types import SamplingOptions, ScoreInput
 from services.metrics import ServiceMetrics
-from services.scheduler import DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, SchedulerConfig
+from services.scheduler import Deadline, DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, SchedulerConfig
 
 SAMPLING = SamplingOptions(k=2, max_new_tokens=8)
 
@@ -77,7 +78,7 @@ def test_expired_inputs_are_dropped_unrun(judge):
     scheduler = Scheduler(judge.run_plans, SchedulerConfig(), metrics).start()
 
     async def main():
-        return await scheduler.submit(plan, deadline=time.monotonic() - 1)
+        return await scheduler.submit(plan, Deadline(time.monotonic() - 1))
 
     try:
         with pytest.raises(DeadlineExpired):
@@ -85,6 +86,55 @@ def test_expired_inputs_are_dropped_unrun(judge):
     finally:
         scheduler.close()
     assert passes(metrics) == (0, 0) and metrics.value("grm_dropped_total", reason="deadline") == 1
+
+
+def test_a_deadline_moved_later_while_waiting_keeps_the_input(judge):
+    [plan] = plans(judge, 1)
+    metrics = ServiceMetrics()
+    scheduler = Scheduler(judge.run_plans, SchedulerConfig(), metrics)  # started once the deadline moved
+
+    async def main():
+        deadline = Deadline(time.monotonic() - 1)  # already passed when queued
+        future = scheduler.submit(plan, deadline)
+        deadline.extend(Deadline.within(60))  # a caller with more time joined the work
+        scheduler.start()
+        return await future
+
+    try:
+        assert len(asyncio.run(main()).judgments) == 2
+    finally:
+        scheduler.close()
+    assert metrics.value("grm_dropped_total", reason="deadline") == 0
+
+
+def test_work_whose_caller_left_during_its_pass_is_still_counted(judge):
+    """Samples and items are counted where the engine made them: a caller that leaves while
+    its pass runs does not take them out of the counters (they must add up to the passes)."""
+    [plan] = plans(judge, 1)
+    started, gate = threading.Event(), threading.Event()
+
+    def run_plans(batch):  # the real engine, held at the start of the pass until the caller left
+        started.set()
+        gate.wait(30)
+        return judge.run_plans(batch)
+
+    metrics = ServiceMetrics()
+    scheduler = Scheduler(run_plans, SchedulerConfig(), metrics).start()
+
+    async def main():
+        future = scheduler.submit(plan)
+        await asyncio.to_thread(started.wait, 30)
+        future.cancel()  # the caller goes away mid-pass
+        gate.set()
+
+    try:
+        asyncio.run(main())
+    finally:
+        scheduler.close()
+    sequences = metrics.value("grm_batch_sequences_sum")
+    assert sequences == SAMPLING.k
+    assert metrics.value("grm_samples_total") == sequences
+    assert metrics.value("grm_items_total", source="computed") == 1
 
 
 def test_queue_is_bounded_and_closing_refuses_new_work(judge):

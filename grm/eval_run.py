@@ -1,0 +1,278 @@
+"""Running an evaluation: labelled data in, a ``grm-eval/1`` report out (what ``grm eval`` does).
+
+For every item it samples S judgments once (temperature 0.5 by default) and one greedy
+judgment, then estimates voting@k and MetaRM@k for every k <= S by drawing k-subsets of
+the S samples, with 95% intervals from a bootstrap over items (the maths is in
+``grm.evaluate``). A *scorer* does the sampling: ``local_scorer(judge)`` in this process,
+or any function with the same contract (the command line has one that calls a running
+service). With a meta RM the report also says how well its ratings separate samples of
+the same item (right from wrong rankings, untied from tied).
+
+Example::
+
+    items, skipped = load_data("synthetic:test:100", limit=None)
+    run = evaluate(local_scorer(judge), describe_judge(judge), items, skipped,
+                   EvalSettings(data="synthetic:test:100", ks=(1, 2, 4, 8)))
+    print(format_table(run.report))
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from grm.evaluate import (SkipReason, Skipped, matrix_from_results, parse_lines, summarize)
+from grm.judge import GenerativeRewardModel, InputTooLong
+from grm.seeds import mix_seed
+from grm.tasks import generate_tasks, task_to_record
+from grm.types import Aggregation, AggregationOptions, SamplingOptions, ScoreResult
+
+PLOT_LABELS = {"voting": "Voting@k", "meta_voting": "MetaRM@k"}
+# jobs [(input, sampling, aggregation)] -> per job a ScoreResult or (SkipReason, detail)
+Scorer = Callable[[list], list]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What one evaluation run does; ``samples`` None means max(16, largest k)."""
+
+    data: str  # the data spec, recorded in the report
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16)
+    aggregations: tuple[str, ...] | None = None  # None: voting, plus meta_voting when a meta RM exists
+    samples: int | None = None
+    bootstrap: int = 1000
+    temperature: float = 0.5
+    max_new_tokens: int = 512
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 8  # items per scorer call
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"EvalSettings.ks must be k values >= 1, got {self.ks}")
+        bad = [a for a in self.aggregations or () if a not in PLOT_LABELS]
+        if bad or self.aggregations == ():
+            raise ValueError(f"EvalSettings.aggregations takes voting and/or meta_voting, got {self.aggregations}")
+        for name, value, low in (("samples", self.samples_per_item, max(self.ks)), ("bootstrap", self.bootstrap, 1),
+                                 ("batch_size", self.batch_size, 1), ("limit", self.limit or 1, 1)):
+            if value < low:
+                raise ValueError(f"EvalSettings.{name} must be >= {low}, got {value}")
+
+    @property
+    def samples_per_item(self) -> int:
+        return self.samples or max(16, max(self.ks))
+
+
+@dataclass
+class EvalRun:
+    report: dict  # the grm-eval/1 report
+    kept: list = field(default_factory=list)  # the items scored
+    sampled: list[ScoreResult] = field(default_factory=list)  # S samples each
+    greedy: list[ScoreResult] = field(default_factory=list)  # one greedy judgment each
+
+
+def load_data(spec: str, limit: int | None):
+    """Items and skipped lines from a JSONL file or from ``synthetic:SPLIT:N[:SEED]``."""
+    if spec.startswith("synthetic:"):
+        parts = spec.split(":")
+        if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[2:]):
+            raise ValueError(f"data synthetic must look like synthetic:SPLIT:N[:SEED], got {spec!r}")
+        count = int(parts[2]) if limit is None else min(int(parts[2]), limit)
+        tasks = generate_tasks(count, seed=int(parts[3]) if len(parts) == 4 else 0, split=parts[1])
+        return parse_lines((json.dumps(task_to_record(t)) for t in tasks), limit)
+    try:
+        with open(spec, encoding="utf-8") as f:
+            return parse_lines(f, limit)
+    except OSError as e:
+        raise ValueError(f"cannot read {spec}: {e}") from None
+
+
+def local_scorer(judge: GenerativeRewardModel) -> Scorer:
+    """A scorer that samples ``judge`` in this process, every job of a call in one engine pass."""
+    def score(jobs):
+        plans, out = [], []
+        for item, sampling, aggregation in jobs:
+            try:
+                plans.append(judge.plan(item, sampling, aggregation))
+                out.append(None)
+            except InputTooLong as e:
+                out.append((SkipReason.TOO_LONG, str(e)))
+        results = iter(judge.run_plans(plans))
+        return [next(results) if o is None else o for o in out]
+    return score
+
+
+def describe_judge(judge: GenerativeRewardModel) -> dict:
+    """The report's ``model`` entry for an in-process judge."""
+    return {"id": judge.model_id, "revision": judge.revision, "template_version": judge.template.version,
+            "meta_rm": judge.meta_rm.model_id if judge.meta_rm else None, "target": None}
+
+
+def item_seed(seed: int, index: int, stage: str) -> int:
+    return mix_seed("grm-eval", seed, index, stage)
+
+
+def score_items(scorer: Scorer, items, *, samples: int, temperature: float, max_new_tokens: int, seed: int,
+                meta: bool, batch_size: int, log=None):
+    """S sampled judgments and one greedy judgment per item, ``batch_size`` items per scorer call.
+
+    Returns (items kept, sampled results, greedy results, items that could not be scored).
+    """
+    aggregation = AggregationOptions(Aggregation.META_VOTING if meta else Aggregation.VOTING)
+    kept, sampled, greedy, failed = [], [], [], []
+    start_time = time.monotonic()
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        jobs = []
+        for index, item in enumerate(batch, start):
+            jobs.append((item.input, SamplingOptions(k=samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                                                     seed=item_seed(seed, index, "sampled")), aggregation))
+            jobs.append((item.input, SamplingOptions(k=1, temperature=0.0, max_new_tokens=max_new_tokens,
+                                                     seed=item_seed(seed, index, "greedy")), AggregationOptions()))
+        out = scorer(jobs)
+        for item, s, g in zip(batch, out[0::2], out[1::2]):
+            problem = next((r for r in (s, g) if not isinstance(r, ScoreResult)), None)
+            if problem is not None:
+                failed.append(Skipped(item.line, *problem))
+            else:
+                kept.append(item)
+                sampled.append(s)
+                greedy.append(g)
+        if log:
+            done, elapsed = start + len(batch), time.monotonic() - start_time
+            log(f"scored {done}/{len(items)} items, {done * (samples + 1) / elapsed:.1f} judgments/s")
+    return kept, sampled, greedy, failed
+
+
+def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, settings: EvalSettings, *,
+             has_meta: bool = False, log=None) -> EvalRun:
+    """Score ``items`` and build the report; raises ValueError when nothing can be scored."""
+    aggregations = list(settings.aggregations or (["voting", "meta_voting"] if has_meta else ["voting"]))
+    if "meta_voting" in aggregations and not has_meta:
+        raise ValueError("aggregation meta_voting needs a meta RM")
+    samples, meta = settings.samples_per_item, "meta_voting" in aggregations
+    began = time.monotonic()
+    kept, sampled, greedy, failed = score_items(
+        scorer, list(items), samples=samples, temperature=settings.temperature,
+        max_new_tokens=settings.max_new_tokens, seed=settings.seed, meta=meta, batch_size=settings.batch_size,
+        log=log)
+    seconds = time.monotonic() - began
+    if not kept:
+        raise ValueError(f"{settings.data}: no item could be scored ({len(failed)} failed)")
+    labels = [it.best for it in kept]
+    matrix = matrix_from_results(sampled, labels, meta=meta)
+    greedy_correct = np.array([g.best == b for g, b in zip(greedy, labels)])
+    greedy_shown = np.array([g.judgments[0].permutation.index(b) for g, b in zip(greedy, labels)])
+    ks = list(settings.ks)
+    summary = summarize(matrix, greedy_correct, greedy_shown, ks, aggregations, settings.bootstrap, settings.seed)
+    all_skipped = list(skipped) + failed
+    report = {
+        "format": "grm-eval/1",
+        "settings": {"data": settings.data, "model": model, "k": ks, "aggregations": aggregations,
+                     "samples": samples, "temperature": settings.temperature, "greedy_temperature": 0.0,
+                     "max_new_tokens": settings.max_new_tokens, "k_meta": "max(1, k // 2)",
+                     "bootstrap_rounds": settings.bootstrap, "interval": 0.95, "seed": settings.seed,
+                     "limit": settings.limit},
+        "items": len(kept),
+        "skipped": {"count": len(all_skipped), "by_reason": _count_reasons(all_skipped),
+                    "lines": [{"line": s.line, "reason": str(s.reason), "detail": s.detail} for s in all_skipped]},
+        **summary,
+        "samples_total": int(matrix.valid.size), "samples_valid": int(matrix.valid.sum()),
+        "invalid_reasons": _sum_reasons(sampled),
+        "greedy_valid_rate": float(np.mean([g.num_valid for g in greedy])),
+        "greedy_invalid_reasons": _sum_reasons(greedy),
+        "timing": {"seconds": seconds, "judgments_per_s": len(kept) * (samples + 1) / max(seconds, 1e-9)},
+    }
+    return EvalRun(report, kept, sampled, greedy)
+
+
+def _judgment_json(j) -> dict:
+    return {"text": j.text, "scores": None if j.scores is None else list(j.scores),
+            "permutation": list(j.permutation), "reason": None if j.reason is None else str(j.reason),
+            "meta_score": j.meta_score}
+
+
+def write_judgments(path: str, kept, sampled, greedy) -> None:
+    """One JSON line per scored item: its source line, the labelled best response, and its
+    sampled and greedy judgments (scores in the data's response order, ``permutation`` the
+    order shown to the judge), so the principles and critiques behind a figure can be read."""
+    with open(path, "w", encoding="utf-8") as f:
+        for item, s, g in zip(kept, sampled, greedy):
+            f.write(json.dumps({"line": item.line, "best": item.best,
+                                "sampled": [_judgment_json(j) for j in s.judgments],
+                                "greedy": _judgment_json(g.judgments[0])}) + "\n")
+
+
+def _count_reasons(skipped) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[str(s.reason)] = counts.get(str(s.reason), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _sum_reasons(results) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results:
+        for reason, n in r.invalid_reasons.items():
+            counts[reason] = counts.get(reason, 0) + n
+    return dict(sorted(counts.items()))
+
+
+def _pct(entry: dict) -> str:
+    lo, hi = entry["interval"]
+    return f"{100 * entry['accuracy']:5.1f} [{100 * lo:5.1f}, {100 * hi:5.1f}]"
+
+
+def format_table(report: dict) -> str:
+    """The report's figures for a terminal: accuracy@k per aggregation, greedy, validity, position."""
+    s, acc = report["settings"], report["accuracy"]
+    curves = [a for a in s["aggregations"] if a in acc]
+    lines = [f"{report['items']} items ({report['skipped']['count']} skipped), {s['samples']} samples each, "
+             f"95% intervals over {s['bootstrap_rounds']} bootstrap rounds",
+             f"{'k':>4}  " + "".join(f"{PLOT_LABELS[a]:<22}" for a in curves)]
+    for row, k in enumerate(s["k"]):
+        lines.append(f"{k:>4}  " + "".join(f"{_pct(acc[a][row]):<22}" for a in curves))
+    lines.append(f"greedy  {_pct(acc['greedy'])}")
+    lines.append(f"parse-valid  {100 * report['parse_valid_rate']:.1f}% of {report['samples_total']} samples, "
+                 f"greedy {100 * report['greedy_valid_rate']:.1f}%")
+    if "meta_rm" in report:
+        sep = report["meta_rm"]
+        right, untied = (("-" if v is None else f"{v:.3f}")
+                         for v in (sep["right_vs_wrong_auc"], sep["untied_vs_tied_auc"]))
+        lines.append(f"meta RM within items: AUC right vs wrong ranking {right} ({sep['right_vs_wrong_pairs']} "
+                     f"pairs), untied vs tied {untied} ({sep['untied_vs_tied_pairs']} pairs)")
+    for name, rows in report["position_bias"].items():
+        cells = [f"pos {r['position']}: " + ("-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}")
+                 + f" (n={r['count']})" for r in rows]
+        lines.append(f"best shown at, {name}:  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def plot_accuracy(report: dict, path: str) -> None:
+    """Accuracy (%) against k on a log2 axis: a line and interval band per aggregation, greedy flat."""
+    from matplotlib.figure import Figure  # optional and heavy: only for --plot
+
+    acc, ks = report["accuracy"], report["settings"]["k"]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for name in report["settings"]["aggregations"]:
+        rows = acc[name]
+        ax.plot(ks, [100 * r["accuracy"] for r in rows], marker="o", label=PLOT_LABELS[name])
+        ax.fill_between(ks, [100 * r["interval"][0] for r in rows], [100 * r["interval"][1] for r in rows], alpha=0.2)
+    greedy = acc["greedy"]
+    ax.axhline(100 * greedy["accuracy"], color="gray", linestyle="--", label="greedy")
+    ax.axhspan(100 * greedy["interval"][0], 100 * greedy["interval"][1], color="gray", alpha=0.1)
+    if len(ks) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (judgments voted)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{report['settings']['model']['id'] or 'GRM'}: {report['items']} items, "
+                 f"{report['settings']['samples']} samples each", fontsize=9)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,157 @@
+"""``grm eval``: accuracy@k of the judge on labelled preference data, as a JSON report and a plot.
+
+    grm eval --data pairs.jsonl -k 1,2,4,8,16 --output report.json --plot acc.png
+    grm eval --data synthetic:test:500 --model ckpt/ --meta-rm ckpt-meta/ --samples 16
+    grm eval --data hh.jsonl --target 127.0.0.1:50051 --limit 200 --judgments judgments.jsonl
+
+The evaluation itself is ``grm.eval_run``; this module reads the flags, picks the scorer
+(in-process with ``--model``, default the bundled GRM, or a running service with
+``--target``) and writes the report, the judgments and the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from grm.default_model import default_meta_rm_path, default_model_path
+from grm.eval_run import (PLOT_LABELS, EvalSettings, describe_judge, evaluate, format_table, load_data,
+                          local_scorer, plot_accuracy, write_judgments)
+from grm.evaluate import SkipReason
+from grm.judge import GenerativeRewardModel
+from grm_cli.common import printable, say
+from services.client import RewardClient
+
+NAME = "eval"
+HELP = "accuracy@k of the GRM on labelled preference data"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"-k must be comma-separated integers, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"-k values must be >= 1, got {text!r}")
+    return values
+
+
+def _aggregations(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in PLOT_LABELS]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"--aggregation takes voting and/or meta_voting, got {text!r}")
+    return values
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True,
+                   help="JSONL file ({prompt, chosen, rejected}, HH dialogues, {conversation|messages, "
+                        "responses, best|scores}, spct-task/1 records) or synthetic:SPLIT:N[:SEED]")
+    p.add_argument("-k", type=_int_list, default=[1, 2, 4, 8, 16], help="k values (default 1,2,4,8,16)")
+    p.add_argument("--aggregation", type=_aggregations, default=None,
+                   help="voting,meta_voting (default: voting, plus meta_voting when a meta RM is loaded)")
+    p.add_argument("--output", default="eval_report.json", help="JSON report path (default eval_report.json)")
+    p.add_argument("--plot", help="PNG of accuracy against k (needs matplotlib)")
+    p.add_argument("--judgments", help="also write every judgment (sampled and greedy) to this JSONL file, "
+                                       "one line per scored item")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", help="checkpoint path or hub id (default: the bundled GRM)")
+    source.add_argument("--target", help="host:port of a running reward service to score through")
+    p.add_argument("--meta-rm", help="meta RM checkpoint (in-process scoring only)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="judgments sampled per item, S >= every k (default max(16, largest k))")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds (default 1000)")
+    p.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (default 0.5)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--limit", type=int, default=None, help="use the first N usable items")
+    p.add_argument("--seed", type=int, default=0, help="seeds the samples' shuffles and the bootstrap")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="items per engine call (with --target: concurrent requests)")
+
+
+def remote_scorer(client: RewardClient, workers: int):
+    """Like ``grm.eval_run.local_scorer`` through a running service, ``workers`` calls at a time.
+    One Score call per job: each item needs its own seed, and ScoreBatch shares one."""
+    def one(job):
+        item, sampling, aggregation = job
+        try:
+            return client.score(item.conversation, item.responses, principles=item.principles,
+                                reference=item.reference, sampling=sampling, aggregation=aggregation,
+                                return_judgments=True, cache_policy="bypass").result
+        except grpc.RpcError as e:
+            return (SkipReason.SCORING_ERROR, f"{e.code().name}: {e.details()}")
+
+    def score(jobs):
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            return list(pool.map(one, jobs))
+    return score
+
+
+def open_scorer(args: argparse.Namespace):
+    """(scorer, model description, whether a meta RM is available)."""
+    if args.target:
+        if args.meta_rm:
+            raise SystemExit("--meta-rm is for in-process scoring; the service at --target has its own")
+        client = RewardClient(args.target)
+        client.wait_ready(timeout_s=60)
+        info = client.info()
+        model = {"id": info.model_id, "revision": info.revision, "template_version": info.template_version,
+                 "meta_rm": info.meta_rm_id or None, "target": args.target}
+        return remote_scorer(client, args.batch_size), model, bool(info.meta_rm_id)
+    path = args.model or str(default_model_path())
+    meta = args.meta_rm or (None if args.model else default_meta_rm_path())
+    say(f"loading {path} ...")
+    judge = GenerativeRewardModel.load(path, meta_rm=str(meta) if meta else None)
+    return local_scorer(judge), describe_judge(judge), judge.meta_rm is not None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = EvalSettings(args.data, ks=tuple(args.k), aggregations=tuple(args.aggregation or ()) or None,
+                                samples=args.samples, bootstrap=args.bootstrap, temperature=args.temperature,
+                                max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
+                                batch_size=args.batch_size)
+        items, skipped = load_data(args.data, args.limit)
+    except ValueError as e:
+        raise SystemExit(f"grm eval: {_flag_names(str(e))}") from None
+    _print_skipped(skipped)
+    if not items:
+        raise SystemExit(f"{args.data}: no usable items ({len(skipped)} lines skipped)")
+    scorer, model, has_meta = open_scorer(args)
+    if "meta_voting" in (args.aggregation or ()) and not has_meta:
+        raise SystemExit("--aggregation meta_voting needs a meta RM: give --meta-rm (or a --target that has one)")
+    try:
+        run_ = evaluate(scorer, model, items, skipped, settings, has_meta=has_meta, log=say)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    _print_skipped([s for s in run_.report["skipped"]["lines"][len(skipped):]])
+    Path(args.output).write_text(json.dumps(run_.report, indent=2) + "\n", encoding="utf-8")
+    if args.judgments:
+        write_judgments(args.judgments, run_.kept, run_.sampled, run_.greedy)
+    if args.plot:
+        plot_accuracy(run_.report, args.plot)
+    print(printable(format_table(run_.report)))
+    return 0
+
+
+def _flag_names(message: str) -> str:
+    """EvalSettings' errors name fields; the user typed flags."""
+    for field, flag in (("EvalSettings.samples", "--samples"), ("EvalSettings.bootstrap", "--bootstrap"),
+                        ("EvalSettings.batch_size", "--batch-size"), ("EvalSettings.limit", "--limit"),
+                        ("data synthetic", "--data synthetic")):
+        message = message.replace(field, flag)
+    return message
+
+
+def _print_skipped(skipped, shown: int = 10) -> None:
+    for s in skipped[:shown]:
+        line, reason, detail = (s["line"], s["reason"], s["detail"]) if isinstance(s, dict) else \
+            (s.line, s.reason, s.detail)
+        say(printable(f"skipped line {line}: {reason}{': ' + detail if detail else ''}"))
+    if len(skipped) > shown:
+        say(f"... and {len(skipped) - shown} more skipped lines (all listed in the report)")

@@ -1,0 +1,103 @@
+"""``grm serve``: the reward service over gRPC (and optionally HTTP) until SIGTERM.
+
+    grm serve                                   # bundled GRM on 127.0.0.1:50051, in-memory cache
+    grm serve --model ckpt --port 0 --redis-url redis://127.0.0.1:6379/0
+
+Progress goes to stderr; the parseable ``serving on HOST:PORT`` line goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from grm.types import SamplingOptions
+from grm_cli.common import add_model_args, judge_loader, set_threads
+from services.cache import MemoryCache, RedisCache
+from services.scheduler import SchedulerConfig
+from services.server import ServerConfig, run_until_signal
+from services.validation import Limits
+
+NAME = "serve"
+HELP = "serve the GRM over gRPC until SIGTERM"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``grm serve``: model, address, cache, limits, scheduler, metrics."""
+    add_model_args(p)
+    p.add_argument("--template", help="judge template name or JSON path (default: the checkpoint's own)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: CPUs - 1, leaving a core to gRPC and tokenization)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="Prometheus /metrics port; 0 picks a free one, -1 turns it off (default 0)")
+    p.add_argument("--http-port", type=int, default=-1,
+                   help="OpenRLHF-compatible HTTP reward endpoint (POST /get_reward) on --host; "
+                        "0 picks a free one (default -1: off)")
+    p.add_argument("--redis-url", help="cache scores in Redis (default: an in-memory cache)")
+    p.add_argument("--cache-ttl", type=int, default=86_400, help="Redis entry lifetime in s (default 1 day)")
+    p.add_argument("--no-cache", action="store_true", help="no score cache at all")
+    p.add_argument("--max-responses", type=int, default=16, help="responses per input (default 16)")
+    p.add_argument("--max-k", type=int, default=32, help="largest k (default 32)")
+    p.add_argument("--max-new-tokens-limit", type=int, default=2048, help="largest max_new_tokens (default 2048)")
+    p.add_argument("--max-batch-items", type=int, default=512, help="inputs per ScoreBatch (default 512)")
+    p.add_argument("--max-text-chars", type=int, default=200_000, help="characters per text field")
+    p.add_argument("--max-messages", type=int, default=64, help="messages per conversation (default 64)")
+    p.add_argument("--max-message-mb", type=float, default=64, help="largest request in MiB (default 64)")
+    p.add_argument("--default-k", type=int, default=8, help="k when a request leaves it unset (default 8)")
+    p.add_argument("--default-temperature", type=float, default=0.5)
+    p.add_argument("--default-max-new-tokens", type=int, default=512)
+    p.add_argument("--max-concurrent-rpcs", type=int, default=256,
+                   help="calls in progress before RESOURCE_EXHAUSTED (default 256)")
+    p.add_argument("--max-queue", type=int, default=1024, help="inputs waiting for the engine (default 1024)")
+    p.add_argument("--max-wait-ms", type=float, default=20.0,
+                   help="micro-batching: longest gap between announced inputs the engine waits out (ms)")
+    p.add_argument("--max-linger-ms", type=float, default=200.0,
+                   help="micro-batching: longest total wait for announced inputs (ms)")
+    p.add_argument("--max-batch-tokens", type=int, default=1 << 20,
+                   help="cap per engine pass on sum(prompt + max_new_tokens) over sequences")
+    p.add_argument("--max-batch-sequences", type=int, default=512, help="sequences per engine pass")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds to drain calls on SIGTERM (default 30)")
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    limits = Limits(max_responses=args.max_responses, max_k=args.max_k, max_new_tokens=args.max_new_tokens_limit,
+                    max_batch_items=args.max_batch_items, max_text_chars=args.max_text_chars,
+                    max_messages=args.max_messages, max_message_bytes=int(args.max_message_mb * 2**20))
+    defaults = SamplingOptions(k=args.default_k, temperature=args.default_temperature,
+                               max_new_tokens=args.default_max_new_tokens)
+    scheduler = SchedulerConfig(max_wait_ms=args.max_wait_ms, max_linger_ms=args.max_linger_ms,
+                                max_batch_tokens=args.max_batch_tokens,
+                                max_batch_sequences=args.max_batch_sequences, max_queue=args.max_queue)
+    return ServerConfig(limits=limits, defaults=defaults, scheduler=scheduler,
+                        max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace,
+                        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+                        metrics_host=args.host, http_port=None if args.http_port < 0 else args.http_port)
+
+
+def cache_factory(args: argparse.Namespace):
+    """The score cache the flags ask for, as a factory the server calls on its own loop."""
+    if args.no_cache:
+        return None
+    if args.redis_url:
+        return lambda: RedisCache(args.redis_url, ttl_s=args.cache_ttl)
+    return MemoryCache
+
+
+def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    try:
+        config = server_config(args)
+    except ValueError as e:
+        raise SystemExit(f"grm serve: {e}") from None
+
+    def say(message: str) -> None:
+        print(message, flush=True)
+
+    try:
+        return asyncio.run(run_until_signal(judge_loader(args), f"{args.host}:{args.port}", config,
+                                            cache_factory(args), say))
+    except OSError as e:
+        raise SystemExit(f"grm serve: {e}") from None
