@@ -8,12 +8,18 @@ from many callers into one engine pass.
 
 Sample ``i`` of a request draws from its own random stream seeded by ``(seed, i)``, so
 a request's output does not depend on what else shares its batch.
+
+A caller with a deadline runs ``generate`` inside ``pass_deadline(fn)``; an engine that
+waits on something outside its process (a remote server) reads ``current_deadline()`` and
+gives up with ``EngineTimeout`` once it passes. An in-process engine may ignore it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from grm.types import Completion
 
@@ -26,6 +32,10 @@ class GenerationRequest:
     top_p: float = 1.0
     max_new_tokens: int = 512
     seed: int = 0
+    # Asked between decoding steps: False means nobody waits for this request any more (its
+    # callers left or their deadlines passed), so an engine may stop it and return what it
+    # has, marked unfinished. None: always wanted.
+    wanted: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
@@ -51,3 +61,46 @@ class GenerationEngine(Protocol):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         """Return ``[len(requests)][request.n]`` completions, in request order."""
         ...
+
+
+class EngineFailure(RuntimeError):
+    """The engine as a whole failed a call (not one input): rerunning the inputs one by one
+    cannot help, and no score comes out of it. ``url`` names the engine that failed."""
+
+    def __init__(self, message: str, url: str = ""):
+        super().__init__(message)
+        self.url = url
+
+
+class EngineUnavailable(EngineFailure):
+    """The engine is down, unreachable or answered garbage (gRPC UNAVAILABLE)."""
+
+
+class EngineOverloaded(EngineFailure):
+    """The engine refused the work as too much right now (gRPC RESOURCE_EXHAUSTED)."""
+
+
+class EngineTimeout(EngineFailure):
+    """The caller's deadline passed while the engine was still working (gRPC DEADLINE_EXCEEDED)."""
+
+
+_PASS = threading.local()
+
+
+@contextmanager
+def pass_deadline(deadline_at: Callable[[], float | None]) -> Iterator[None]:
+    """Within this block, ``current_deadline()`` on this thread returns ``deadline_at()``: the
+    ``time.monotonic()`` second the engine call must end by (None: no limit). A function, not
+    a number, because a deadline may move later while the call runs (shared work)."""
+    previous = getattr(_PASS, "deadline_at", None)
+    _PASS.deadline_at = deadline_at
+    try:
+        yield
+    finally:
+        _PASS.deadline_at = previous
+
+
+def current_deadline() -> float | None:
+    """The deadline of the engine call running on this thread (see ``pass_deadline``)."""
+    fn = getattr(_PASS, "deadline_at", None)
+    return fn() if fn is not None else None

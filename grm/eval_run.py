@@ -29,7 +29,7 @@ from grm.evaluate import (SkipReason, Skipped, matrix_from_results, parse_lines,
 from grm.judge import GenerativeRewardModel, InputTooLong
 from grm.seeds import mix_seed
 from grm.tasks import generate_tasks, task_to_record
-from grm.types import Aggregation, AggregationOptions, SamplingOptions, ScoreResult
+from grm.types import ADAPTIVE_MODES, Aggregation, AggregationOptions, SamplingOptions, ScoreResult
 
 PLOT_LABELS = {"voting": "Voting@k", "meta_voting": "MetaRM@k"}
 # jobs [(input, sampling, aggregation)] -> per job a ScoreResult or (SkipReason, detail)
@@ -50,8 +50,12 @@ class EvalSettings:
     limit: int | None = None
     seed: int = 0
     batch_size: int = 8  # items per scorer call
+    adaptive: str = "off"  # also score every item with adaptive k (budget S) and report it beside fixed k
+    adaptive_z: float = 2.0  # the confident rule's z
 
     def __post_init__(self) -> None:
+        if self.adaptive not in ADAPTIVE_MODES:
+            raise ValueError(f"EvalSettings.adaptive must be one of {', '.join(ADAPTIVE_MODES)}, got {self.adaptive!r}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"EvalSettings.ks must be k values >= 1, got {self.ks}")
         bad = [a for a in self.aggregations or () if a not in PLOT_LABELS]
@@ -186,8 +190,42 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
         "greedy_valid_rate": float(np.mean([g.num_valid for g in greedy])),
         "greedy_invalid_reasons": _sum_reasons(greedy),
         "timing": {"seconds": seconds, "judgments_per_s": len(kept) * (samples + 1) / max(seconds, 1e-9)},
+        "tokens_per_item": {str(k): float(np.mean([sum(j.num_tokens for j in r.judgments[:k]) for r in sampled]))
+                            for k in ks},
     }
+    if settings.adaptive != "off":
+        report["adaptive"] = adaptive_report(scorer, kept, settings, log)
     return EvalRun(report, kept, sampled, greedy)
+
+
+def adaptive_report(scorer: Scorer, kept, settings: EvalSettings, log=None) -> dict:
+    """Score every kept item again with adaptive k (budget S, voting, the same item seeds as the
+    fixed samples, so the first round draws the same judgments): accuracy with a 95% bootstrap
+    interval over items, mean generated tokens and samples per item, stop reasons."""
+    samples, began = settings.samples_per_item, time.monotonic()
+    results: list = []
+    for start in range(0, len(kept), settings.batch_size):
+        jobs = [(item.input, SamplingOptions(k=samples, temperature=settings.temperature,
+                                             max_new_tokens=settings.max_new_tokens,
+                                             seed=item_seed(settings.seed, index, "sampled"),
+                                             adaptive=settings.adaptive, adaptive_z=settings.adaptive_z),
+                 AggregationOptions()) for index, item in enumerate(kept[start:start + settings.batch_size], start)]
+        results.extend(scorer(jobs))
+        if log:
+            log(f"adaptive: scored {len(results)}/{len(kept)} items")
+    pairs = [(r, it.best) for r, it in zip(results, kept) if isinstance(r, ScoreResult)]
+    right = np.array([float(r.best == best) for r, best in pairs])
+    rng = np.random.default_rng(settings.seed)
+    boot = right[rng.integers(0, len(right), (settings.bootstrap, len(right)))].mean(axis=1)
+    reasons: dict[str, int] = {}
+    for r, _ in pairs:
+        reasons[r.stop_reason] = reasons.get(r.stop_reason, 0) + 1
+    return {"rule": settings.adaptive, "z": settings.adaptive_z, "budget": samples, "items": len(pairs),
+            "accuracy": float(right.mean()),
+            "interval": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+            "tokens_per_item": float(np.mean([r.completion_tokens for r, _ in pairs])),
+            "samples_per_item": float(np.mean([len(r.judgments) for r, _ in pairs])),
+            "stop_reasons": dict(sorted(reasons.items())), "seconds": time.monotonic() - began}
 
 
 def _judgment_json(j) -> dict:
@@ -237,6 +275,14 @@ def format_table(report: dict) -> str:
     for row, k in enumerate(s["k"]):
         lines.append(f"{k:>4}  " + "".join(f"{_pct(acc[a][row]):<22}" for a in curves))
     lines.append(f"greedy  {_pct(acc['greedy'])}")
+    if "tokens_per_item" in report:
+        lines.append("generated tokens per item, fixed k: " + ", ".join(
+            f"k={k} {t:.0f}" for k, t in report["tokens_per_item"].items()))
+    if "adaptive" in report:
+        a = report["adaptive"]
+        lines.append(f"adaptive ({a['rule']}, z={a['z']:g}, budget {a['budget']}): {_pct(a)}, "
+                     f"{a['tokens_per_item']:.0f} tokens and {a['samples_per_item']:.1f} samples per item, "
+                     f"stops {a['stop_reasons']}")
     lines.append(f"parse-valid  {100 * report['parse_valid_rate']:.1f}% of {report['samples_total']} samples, "
                  f"greedy {100 * report['greedy_valid_rate']:.1f}%")
     if "meta_rm" in report:

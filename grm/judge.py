@@ -5,7 +5,10 @@ sample, against position bias), renders one prompt per distinct permutation, ask
 engine for as many samples from that prompt as permutations chose it (so each distinct
 prompt is prefilled once), parses every judgment, maps its scores back to the original
 response order, optionally rates each judgment with the meta RM, and aggregates
-(DeepSeek-GRM, Liu et al. 2025, section 3 and 4).
+(DeepSeek-GRM, Liu et al. 2025, section 3 and 4). Two opt-in savings change how the
+samples are drawn: adaptive k draws them in rounds and stops early (``grm.adaptive``), and
+shared principles continue every sample from one principles draft per conversation
+(``grm.shared_principles``).
 
 Example::
 
@@ -20,15 +23,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
+from grm.adaptive import Adaptive, rounds, stop_reason
 from grm.aggregation import aggregate
 from grm.engine import GenerationEngine, GenerationRequest
 from grm.parsing import parse_judgment, unshuffle
 from grm.prompts import build_judge_content, encode_prompt, sample_permutations
 from grm.seeds import mix_seed
+from grm.shared_principles import DRAFT_MAX_TOKENS, DRAFT_STAGE, draft_item, draft_key, principles_prefix
 from grm.templates import DEFAULT_TEMPLATE, JudgeTemplate, load_template
 from grm.types import (Aggregation, AggregationOptions, Completion, Judgment, Message,
                        SamplingOptions, ScoreInput, ScoreResult)
@@ -84,6 +89,9 @@ class Plan:
     sampling: SamplingOptions
     aggregation: AggregationOptions
     prompts: tuple[PlanPrompt, ...]
+    # Whether anyone still waits for this input (set by a scheduler); the engine stops the
+    # input's rows mid-pass once it says False. None: always wanted.
+    wanted: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     @property
     def prompt_tokens(self) -> int:
@@ -108,16 +116,18 @@ class GenerativeRewardModel:
 
     @classmethod
     def load(cls, path: str, *, meta_rm: str | None = None, template: str | JudgeTemplate | None = None,
-             device: str | None = None) -> "GenerativeRewardModel":
+             device: str | None = None, engine: GenerationEngine | None = None) -> "GenerativeRewardModel":
         """Load a Hugging Face causal LM (local path or hub id) and, optionally, a meta RM.
 
         The template is, in order: the one given; the one the checkpoint was trained with
         (``grm_template.json`` beside its weights, see ``save_template``); the default.
+        ``engine`` samples instead of the checkpoint's weights in-process (a remote server
+        serving them); the checkpoint then gives only the template.
         """
         from grm.meta_rm import MetaRewardModel  # torch: importing grm stays light
         from grm.transformers_engine import TransformersEngine
 
-        engine = TransformersEngine.load(path, device=device)
+        engine = engine or TransformersEngine.load(path, device=device)
         if isinstance(template, str):
             template = load_template(template)
         if template is None and (Path(path) / CHECKPOINT_TEMPLATE).is_file():
@@ -167,6 +177,8 @@ class GenerativeRewardModel:
         """
         if aggregation.aggregation is Aggregation.META_VOTING and self.meta_rm is None:
             raise ValueError("aggregation meta_voting needs a meta RM; load one with meta_rm=...")
+        if aggregation.aggregation is Aggregation.META_VOTING and sampling.adaptive != Adaptive.OFF:
+            raise ValueError("sampling.adaptive works with voting only: meta voting keeps k_meta of all k samples")
         if permutations is None:
             perms = sample_permutations(len(item.responses), sampling.k, sampling.seed, sampling.shuffle)
         elif len(permutations) != sampling.k:
@@ -203,26 +215,85 @@ class GenerativeRewardModel:
         filters them, RL trains on their token ids. Each distinct prompt is one request for
         as many samples as chose it, seeded by the plan's seed and its first sample.
         """
-        requests = [
-            GenerationRequest(p.ids, n=len(p.samples), temperature=plan.sampling.temperature,
-                              top_p=plan.sampling.top_p, max_new_tokens=plan.sampling.max_new_tokens,
-                              seed=mix_seed(plan.sampling.seed, p.samples[0]))
-            for plan in plans for p in plan.prompts
-        ]
-        outputs = iter(self.engine.generate(requests)) if requests else iter(())
-        sampled = []
-        for plan in plans:
-            by_index: list[Sample | None] = [None] * plan.sampling.k
+        heads = self._shared_principles(plans)
+        return [samples for samples, _ in self._draw(plans, [range(p.sampling.k) for p in plans], heads)]
+
+    def _draw(self, plans: Sequence[Plan], wanted: Sequence[range], heads: Sequence[tuple[int, ...]],
+              ) -> list[tuple[list[Sample], int]]:
+        """Samples ``wanted[j]`` of plan j from one engine call, each continuing ``heads[j]``:
+        per plan (samples in index order, prompt tokens sent). A distinct prompt is one request
+        seeded by the plan's seed and the first of its samples drawn here, so drawing all k at
+        once is exactly ``sample``; a later adaptive round starts its own streams."""
+        requests, owners = [], []
+        for j, (plan, indices, head) in enumerate(zip(plans, wanted, heads)):
             for prompt in plan.prompts:
-                for index, completion in zip(prompt.samples, next(outputs)):
-                    judgment = _judgment(completion, len(plan.item.responses), prompt.permutation)
-                    by_index[index] = Sample(prompt, completion, judgment)
-            sampled.append(by_index)
-        return sampled
+                chosen = tuple(i for i in prompt.samples if i in indices)
+                if chosen:
+                    requests.append(GenerationRequest(
+                        prompt.ids + head, n=len(chosen), temperature=plan.sampling.temperature,
+                        top_p=plan.sampling.top_p, max_new_tokens=plan.sampling.max_new_tokens,
+                        seed=mix_seed(plan.sampling.seed, chosen[0]), wanted=plan.wanted))
+                    owners.append((j, prompt, chosen))
+        outputs = self.engine.generate(requests) if requests else []
+        texts = [self.engine.tokenizer.decode(h, skip_special_tokens=True) if h else "" for h in heads]
+        by_index: list[dict[int, Sample]] = [{} for _ in plans]
+        sent = [0] * len(plans)
+        for (j, prompt, chosen), request, completions in zip(owners, requests, outputs):
+            sent[j] += len(request.prompt_ids)
+            for index, completion in zip(chosen, completions):
+                judgment = _judgment(completion, len(plans[j].item.responses), prompt.permutation, texts[j])
+                by_index[j][index] = Sample(prompt, completion, judgment)
+        return [([found[i] for i in indices], tokens) for found, indices, tokens in zip(by_index, wanted, sent)]
+
+    def _shared_principles(self, plans: Sequence[Plan]) -> list[tuple[int, ...]]:
+        """Per plan, the principles tokens its samples continue from (``grm.shared_principles``);
+        () for plans without the option. One draft per distinct key, all in one engine call."""
+        keys = [draft_key(p.item, p.sampling) for p in plans]
+        first = {key: plan for key, plan in zip(keys, plans) if key is not None}
+        if not first:
+            return [()] * len(plans)
+        requests = []
+        for plan in first.values():
+            n = len(plan.item.responses)
+            ids = tuple(encode_prompt(self.engine.tokenizer,
+                                      build_judge_content(self.template, draft_item(plan.item), range(n))))
+            requests.append(GenerationRequest(
+                ids, n=1, temperature=plan.sampling.temperature, top_p=plan.sampling.top_p,
+                max_new_tokens=min(DRAFT_MAX_TOKENS, plan.sampling.max_new_tokens),
+                seed=mix_seed(plan.sampling.seed, DRAFT_STAGE)))
+        drafts = {key: principles_prefix(self.engine.tokenizer, out[0].token_ids)
+                  for key, out in zip(first, self.engine.generate(requests))}
+        heads = []
+        for key, plan in zip(keys, plans):
+            head = drafts.get(key, ()) if key is not None else ()
+            # A head that leaves no room to generate is dropped: the samples write their own.
+            fits = all(len(p.ids) + len(head) < self.max_context for p in plan.prompts)
+            heads.append(head if fits else ())
+        return heads
 
     def run_plans(self, plans: Sequence[Plan]) -> list[ScoreResult]:
-        """Sample every plan in one engine call, then rate (meta voting) and aggregate each."""
-        return [self._finish(plan, samples) for plan, samples in zip(plans, self.sample(plans))]
+        """Sample, rate (meta voting) and aggregate every plan.
+
+        Plans with adaptive k draw in rounds (``grm.adaptive.rounds``): each engine call
+        draws the next round of every plan still open, and a plan leaves once
+        ``grm.adaptive.stop_reason`` says so. Other plans draw all k in the first call.
+        """
+        heads = self._shared_principles(plans)
+        schedule = [rounds(p.sampling.k) if p.sampling.adaptive != Adaptive.OFF else [(0, p.sampling.k)]
+                    for p in plans]
+        drawn: list[list[Sample]] = [[] for _ in plans]
+        sent, reasons = [0] * len(plans), [None] * len(plans)
+        while todo := [j for j, r in enumerate(reasons) if r is None]:
+            step = [range(*schedule[j][_done(drawn[j], schedule[j])]) for j in todo]
+            out = self._draw([plans[j] for j in todo], step, [heads[j] for j in todo])
+            for j, (samples, tokens) in zip(todo, out):
+                drawn[j].extend(samples)
+                sent[j] += tokens
+                s = plans[j].sampling
+                reason = stop_reason(s.adaptive, [x.judgment.scores for x in drawn[j]], s.k, s.adaptive_z)
+                reasons[j] = "" if s.adaptive == Adaptive.OFF else str(reason) if reason else None
+        return [dataclasses.replace(self._finish(plan, samples), prompt_tokens=tokens, stop_reason=reason)
+                for plan, samples, tokens, reason in zip(plans, drawn, sent, reasons)]
 
     def _finish(self, plan: Plan, samples: list[Sample]) -> ScoreResult:
         judgments = [s.judgment for s in samples]
@@ -243,10 +314,18 @@ class GenerativeRewardModel:
         return rated
 
 
-def _judgment(completion: Completion, n: int, permutation: tuple[int, ...]) -> Judgment:
-    parsed = parse_judgment(completion.text, n, finished=completion.finished)
+def _done(samples: list[Sample], schedule: list[tuple[int, int]]) -> int:
+    """The index of the next round: the rounds already drawn end at ``len(samples)``."""
+    return sum(end <= len(samples) for _, end in schedule)
+
+
+def _judgment(completion: Completion, n: int, permutation: tuple[int, ...], head: str = "") -> Judgment:
+    """``head``: shared principles the completion continued from, part of the judgment's text;
+    ``num_tokens`` counts only what this sample generated."""
+    text = head + completion.text
+    parsed = parse_judgment(text, n, finished=completion.finished)
     scores = unshuffle(parsed.scores, permutation) if parsed.scores is not None else None
-    return Judgment(text=completion.text, principles=parsed.principles, critique=parsed.critique,
+    return Judgment(text=text, principles=parsed.principles, critique=parsed.critique,
                     scores=scores, permutation=permutation, reason=parsed.reason,
                     num_tokens=len(completion.token_ids))
 

@@ -14,7 +14,12 @@ Example::
 
 from __future__ import annotations
 
+import random
+import re
 from pathlib import Path
+
+from grm.seeds import mix_seed
+from grm.types import Completion
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -124,3 +129,35 @@ def build_tiny_meta_rm(path: str | Path, seed: int = 0, hidden: int = 64, layers
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+class NoisyRuleEngine:
+    """A ``GenerationEngine`` standing in for a trained GRM where the tests need valid,
+    varied judgments fast: sample i of a request scores each shown response by the first
+    integer in its text plus noise in ``[-noise, noise]`` drawn from ``mix_seed(seed, i)``
+    (the protocol's seeding contract). It records every call's requests in ``calls``."""
+
+    model_id, revision, max_context = "noisy-rule-engine", "n0", 4096
+    _SHOWN = re.compile(r"\[The Begin of Response (\d+)\]\s*(.*?)\s*\[The End of Response \1\]", re.S)
+
+    def __init__(self, noise: int = 3):
+        self.tokenizer = build_tokenizer()
+        self.noise = noise
+        self.calls: list[list] = []
+
+    def generate(self, requests):
+        self.calls.append(list(requests))
+        out = []
+        for req in requests:
+            prompt = self.tokenizer.decode(list(req.prompt_ids))
+            shown = [int(m.group()) if (m := re.search(r"\d+", body)) else 5
+                     for _, body in self._SHOWN.findall(prompt)]
+            samples = []
+            for i in range(req.n):
+                rng = random.Random(mix_seed(req.seed, i))
+                scores = [min(10, max(1, v + rng.randint(-self.noise, self.noise))) for v in shown]
+                text = ("Specific Criteria: 1. Bigger is better (weight 100%).\n\nAnalysis: by value.\n"
+                        "Scores: \\boxed{" + ", ".join(map(str, scores)) + "}")
+                samples.append(Completion(tuple(self.tokenizer(text, add_special_tokens=False).input_ids), text, True))
+            out.append(samples)
+        return out

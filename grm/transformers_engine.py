@@ -18,6 +18,14 @@ copies the filled KV cache rows to the k samples:
 Sample i of a request draws its noise from a ``torch.Generator`` seeded by
 ``(request.seed, i)``, so its tokens do not depend on what else shares the batch.
 
+With a prefix cache (``grm.prefix_cache``; on for ``load``, off for an engine built on a
+model that is being trained), step 1 reuses the keys and values of prompt prefixes seen
+before (the template's fixed head, a conversation shared by the k permutations) and runs
+only the rest of each prompt, at positions offset by the reused length. Prompts of one
+call that share an uncached prefix get it prefilled once first. The final cache is laid
+out exactly as a full prefill would lay it out, so decoding does not change. Any
+in-place change to the weights (an optimizer step) empties the store.
+
 Example::
 
     engine = TransformersEngine.load("path/to/checkpoint")
@@ -38,11 +46,15 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from grm.engine import GenerationRequest
+from grm.prefix_cache import PrefixCache, PrefixCacheConfig, prefill_cached
 from grm.seeds import mix_seed
 from grm.types import Completion
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _SANE_MAX_LENGTH = 10_000_000  # tokenizers say 1e30 when they do not know their limit
+# Decoding steps between two asks of each request's ``wanted``: a cancelled call stops
+# costing engine time within this many tokens, and the ask stays off the per-step path.
+WANTED_EVERY = 4
 
 
 REVISION_FILES = frozenset({
@@ -100,7 +112,8 @@ class TransformersEngine:
     """The ``GenerationEngine`` for a local Hugging Face causal LM (see the module docstring)."""
 
     def __init__(self, model: Any, tokenizer: Any, model_id: str = "", revision: str = "",
-                 max_context: int | None = None, eos_token_ids: Iterable[int] | None = None):
+                 max_context: int | None = None, eos_token_ids: Iterable[int] | None = None,
+                 prefix_cache: PrefixCacheConfig | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -115,13 +128,19 @@ class TransformersEngine:
         self.pad_token_id = pad if pad is not None else min(self.eos_token_ids, default=0)
         # prefill_tokens: prompt tokens run through the prefill (each distinct prompt once);
         # generated_tokens: tokens sampled, EOS included; calls: generate() calls.
-        self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "calls": 0}
+        self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "calls": 0, "abandoned_rows": 0}
         # Padded tokens per prefill forward (None: the whole call in one forward); see _prefill_groups.
         self.prefill_chunk_tokens: int | None = 4096 if torch.device(model.device).type == "cpu" else None
+        # Reused prefixes; None when off or when a layer is not a plain full-attention one
+        # (a sliding window keeps only its last tokens, so a stored prefix would not fit).
+        plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+        self.prefix_cache = PrefixCache(prefix_cache) if prefix_cache is not None and plain else None
+        self._weights_version: tuple[int, ...] = ()
 
     @classmethod
     def load(cls, path_or_id: str, device: str | None = None, dtype: Any = None,
-             trust_remote_code: bool = False) -> "TransformersEngine":
+             trust_remote_code: bool = False,
+             prefix_cache: PrefixCacheConfig | None = PrefixCacheConfig()) -> "TransformersEngine":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device, dtype = default_device_dtype(device, dtype)
@@ -130,7 +149,7 @@ class TransformersEngine:
                                                      trust_remote_code=trust_remote_code)
         model.to(device).eval()
         revision = checkpoint_revision(path_or_id, getattr(model.config, "_commit_hash", None))
-        return cls(model, tokenizer, model_id=str(path_or_id), revision=revision)
+        return cls(model, tokenizer, model_id=str(path_or_id), revision=revision, prefix_cache=prefix_cache)
 
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
@@ -169,6 +188,15 @@ class TransformersEngine:
             mask[j, width - len(p):] = 1
         cache = DynamicCache(config=self.model.config)
         if width == 0:
+            return cache, mask[rows]
+        if self.prefix_cache is not None:
+            version = tuple(p._version for p in self.model.parameters())  # bumped by in-place writes
+            if version != self._weights_version:  # trained since the store was filled: stale keys
+                self.prefix_cache.clear()
+                self._weights_version = version
+            for layer, (keys, values) in enumerate(prefill_cached(self, prefixes, width)):
+                cache.update(keys, values, layer)
+            cache.batch_select_indices(rows)
             return cache, mask[rows]
         groups = self._prefill_groups(prefixes, cache)
         if len(groups) == 1:
@@ -210,8 +238,13 @@ class TransformersEngine:
                 groups.append([j])
         return groups
 
-    def _forward_prompts(self, prefixes: Sequence[Sequence[int]], cache: Any = None) -> Any:
-        """One left-padded forward over ``prefixes``, filling ``cache`` (a new one when None)."""
+    def _forward_prompts(self, prefixes: Sequence[Sequence[int]], cache: Any = None,
+                         past_mask: torch.Tensor | None = None, starts: Sequence[int] | None = None) -> Any:
+        """One left-padded forward over ``prefixes``, filling ``cache`` (a new one when None).
+
+        With a cache that already holds reused prefixes (``past_mask`` ``[R, C]`` marks
+        their real slots), row j continues at position ``starts[j]``.
+        """
         device = self.model.device
         width = max(len(p) for p in prefixes)
         ids = torch.full((len(prefixes), width), self.pad_token_id, dtype=torch.long)
@@ -222,6 +255,10 @@ class TransformersEngine:
                 mask[j, width - len(p):] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # pads sit at position 0, masked out
+        if starts is not None:
+            positions = positions + torch.tensor(starts, device=device)[:, None]
+        if past_mask is not None:
+            mask = torch.cat([past_mask, mask], dim=1)
         cache = cache if cache is not None else DynamicCache(config=self.model.config)
         self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                    past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -247,11 +284,14 @@ class TransformersEngine:
         live = torch.ones(len(keys), dtype=torch.long, device=device)  # [slots] 1 = still decoding
         tokens = torch.tensor([r.prompt_ids[-1] for r in owner], device=device)
         positions = torch.tensor([len(r.prompt_ids) - 1 for r in owner], device=device)
+        step = 0
         while True:
             mask = torch.cat([mask, live[:, None]], dim=1)
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
                              past_key_values=cache, use_cache=True)
             chosen = sampler.sample(out.logits[:, -1].float())
+            step += 1
+            unwanted = _unwanted(requests) if step % WANTED_EVERY == 0 else set()
             for slot, (row, token) in enumerate(zip(active, chosen.tolist())):
                 if row is None:
                     continue
@@ -259,7 +299,13 @@ class TransformersEngine:
                 hit_eos = token in self.eos_token_ids
                 if not hit_eos:
                     generated[row].append(token)
-                if hit_eos or len(generated[row]) >= budget[row]:
+                if keys[row][0] in unwanted:  # its callers left: stop, keep what it wrote, unfinished
+                    self.stats["abandoned_rows"] += 1
+                    done[keys[row]] = (generated[row], None)
+                    active[slot] = None
+                    live[slot] = 0
+                    sampler.retire(slot)
+                elif hit_eos or len(generated[row]) >= budget[row]:
                     done[keys[row]] = (generated[row], token if hit_eos else None)
                     active[slot] = None
                     live[slot] = 0
@@ -275,6 +321,11 @@ class TransformersEngine:
                 active = [active[s] for s in remaining]
             tokens, positions = chosen, positions + live
         return done
+
+
+def _unwanted(requests: Sequence[GenerationRequest]) -> set[int]:
+    """Indices of the requests whose ``wanted`` says nobody waits for them any more."""
+    return {j for j, r in enumerate(requests) if r.wanted is not None and not r.wanted()}
 
 
 def _reserve_room(cache: DynamicCache, room: int) -> None:

@@ -19,6 +19,7 @@ from enum import Enum
 MIN_SCORE = 1
 MAX_SCORE = 10
 MAX_K = 256
+ADAPTIVE_MODES = ("off", "decided", "confident")  # grm.adaptive.Adaptive
 
 
 class StrEnum(str, Enum):
@@ -95,8 +96,15 @@ class SamplingOptions:
     max_new_tokens: int = 512  # per judgment
     seed: int = 0  # same seed, same permutations and same samples
     shuffle: bool = True  # per-sample shuffle of the response order (against position bias)
+    adaptive: str = "off"  # off | decided | confident: stop early (grm.adaptive); off draws all k
+    adaptive_z: float = 2.0  # the confident rule's z (grm.adaptive.confident)
+    shared_principles: bool = False  # inputs sharing a conversation continue from shared principles
 
     def __post_init__(self) -> None:
+        if self.adaptive not in ADAPTIVE_MODES:
+            raise ValueError(f"adaptive must be one of {', '.join(ADAPTIVE_MODES)}, got {self.adaptive!r}")
+        if not (math.isfinite(self.adaptive_z) and self.adaptive_z > 0):
+            raise ValueError(f"adaptive_z must be a finite number > 0, got {self.adaptive_z}")
         if not 1 <= self.k <= MAX_K:
             raise ValueError(f"k must be in 1..{MAX_K}, got {self.k}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -160,9 +168,10 @@ class ScoreResult:
     best: int | None  # index of the best response (seeded random tie-break); None when unscored
     judgments: tuple[Judgment, ...]  # [k] every sample, valid or not
     aggregation: Aggregation = Aggregation.VOTING
-    prompt_tokens: int = 0  # prompt tokens over the distinct prompts of this input
+    prompt_tokens: int = 0  # prompt tokens sent: each distinct prompt once (per round under adaptive k)
     completion_tokens: int = 0  # generated tokens over the k samples
     invalid_reasons: dict[str, int] = field(default_factory=dict)  # reason -> count
+    stop_reason: str = ""  # adaptive k: decided | confident | budget; "" when adaptive is off
 
     @property
     def scored(self) -> bool:

@@ -24,6 +24,7 @@ from grm.eval_run import (PLOT_LABELS, EvalSettings, describe_judge, evaluate, f
 from grm.evaluate import SkipReason
 from grm.judge import GenerativeRewardModel
 from grm_cli.common import printable, say
+from grm_cli.connect import add_client_args, client_options
 from services.client import RewardClient
 
 NAME = "eval"
@@ -62,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", help="checkpoint path or hub id (default: the bundled GRM)")
     source.add_argument("--target", help="host:port of a running reward service to score through")
+    add_client_args(p)
     p.add_argument("--meta-rm", help="meta RM checkpoint (in-process scoring only)")
     p.add_argument("--samples", type=int, default=None,
                    help="judgments sampled per item, S >= every k (default max(16, largest k))")
@@ -70,6 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--limit", type=int, default=None, help="use the first N usable items")
     p.add_argument("--seed", type=int, default=0, help="seeds the samples' shuffles and the bootstrap")
+    p.add_argument("--adaptive", choices=("off", "decided", "confident"), default="off",
+                   help="also score every item with adaptive k (budget: --samples) and report its accuracy "
+                        "and generated tokens beside fixed k (default off)")
+    p.add_argument("--adaptive-z", type=float, default=2.0, help="z of the confident rule (default 2)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="items per engine call (with --target: concurrent requests)")
 
@@ -97,7 +103,7 @@ def open_scorer(args: argparse.Namespace):
     if args.target:
         if args.meta_rm:
             raise SystemExit("--meta-rm is for in-process scoring; the service at --target has its own")
-        client = RewardClient(args.target)
+        client = RewardClient(args.target, **client_options(args))
         client.wait_ready(timeout_s=60)
         info = client.info()
         model = {"id": info.model_id, "revision": info.revision, "template_version": info.template_version,
@@ -115,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         settings = EvalSettings(args.data, ks=tuple(args.k), aggregations=tuple(args.aggregation or ()) or None,
                                 samples=args.samples, bootstrap=args.bootstrap, temperature=args.temperature,
                                 max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, adaptive=args.adaptive, adaptive_z=args.adaptive_z)
         items, skipped = load_data(args.data, args.limit)
     except ValueError as e:
         raise SystemExit(f"grm eval: {_flag_names(str(e))}") from None

@@ -14,6 +14,7 @@ import grpc
 from grm.default_model import default_model_path
 from grm.judge import GenerativeRewardModel
 from grm_cli.common import add_model_args, format_info, printable, say
+from grm_cli.connect import add_client_args, client_options
 from services.client import RewardClient
 
 NAME = "info"
@@ -24,11 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--target", help="a running service at HOST:PORT")
     p.add_argument("--timeout", type=float, default=30.0)
+    add_client_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.target:
-        with RewardClient(args.target, timeout_s=args.timeout) as client:
+        with RewardClient(args.target, timeout_s=args.timeout, **client_options(args)) as client:
             try:
                 print(format_info(client.info()))
             except grpc.RpcError as e:

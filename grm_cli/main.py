@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from grm_cli import demo, eval, grpo, grpo_demo, info, score, serve, spct
+from grm_cli import demo, eval, export_gguf, grpo, grpo_demo, info, inspect, score, serve, spct
 
 # The order ``grm --help`` lists them in.
-COMMANDS = (score, serve, demo, info, eval, spct, grpo, grpo_demo)
+COMMANDS = (score, serve, demo, info, eval, inspect, spct, grpo, grpo_demo, export_gguf)
 
 
 def build_parser() -> argparse.ArgumentParser:

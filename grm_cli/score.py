@@ -16,6 +16,7 @@ from grm.default_model import default_meta_rm_path, default_model_path
 from grm.judge import GenerativeRewardModel
 from grm.types import ScoreInput
 from grm_cli.common import add_model_args, format_result, load_input, say
+from grm_cli.connect import add_client_args, client_options
 from services.client import RewardClient
 
 NAME = "score"
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-policy", choices=["use", "refresh", "bypass"], default="use",
                    help="with --target: the service's score cache (default use)")
     p.add_argument("--timeout", type=float, default=300.0, help="with --target: deadline in s")
+    add_client_args(p)
     p.add_argument("--query", help="the user's query (a one-turn conversation)")
     p.add_argument("--response", action="append", help="a candidate response (repeat for more)")
     p.add_argument("--file", help="JSON file with query/conversation, responses, principles, reference")
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _score_remote(args: argparse.Namespace, item: ScoreInput) -> int:
     say(f"scoring through {args.target} (k={args.k}, max_new_tokens={args.max_new_tokens}) ...")
-    with RewardClient(args.target, timeout_s=args.timeout) as client:
+    with RewardClient(args.target, timeout_s=args.timeout, **client_options(args)) as client:
         try:
             reply = client.score(item.conversation, item.responses, principles=item.principles,
                                  reference=item.reference, k=args.k, temperature=args.temperature,

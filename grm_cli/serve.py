@@ -12,9 +12,12 @@ import argparse
 import asyncio
 
 from grm.types import SamplingOptions
-from grm_cli.common import add_model_args, judge_loader, set_threads
+from grm_cli.common import add_model_args, set_threads
+from grm_cli.engine_flags import add_engine_args, serve_loader
+from services.admission import AdmissionConfig
 from services.cache import MemoryCache, RedisCache
 from services.scheduler import SchedulerConfig
+from services.security import TLSFiles, check_bind
 from services.server import ServerConfig, run_until_signal
 from services.validation import Limits
 
@@ -25,6 +28,7 @@ HELP = "serve the GRM over gRPC until SIGTERM"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``grm serve``: model, address, cache, limits, scheduler, metrics."""
     add_model_args(p)
+    add_engine_args(p)
     p.add_argument("--template", help="judge template name or JSON path (default: the checkpoint's own)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--threads", type=int, default=0,
@@ -36,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, default=-1,
                    help="OpenRLHF-compatible HTTP reward endpoint (POST /get_reward) on --host; "
                         "0 picks a free one (default -1: off)")
+    p.add_argument("--record", type=int, default=0, metavar="N",
+                   help="keep the last N scored inputs with their judgments for the inspector's "
+                        "recent-requests pages on --http-port (default 0: off, they are users' data)")
     p.add_argument("--redis-url", help="cache scores in Redis (default: an in-memory cache)")
     p.add_argument("--cache-ttl", type=int, default=86_400, help="Redis entry lifetime in s (default 1 day)")
     p.add_argument("--no-cache", action="store_true", help="no score cache at all")
@@ -60,6 +67,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cap per engine pass on sum(prompt + max_new_tokens) over sequences")
     p.add_argument("--max-batch-sequences", type=int, default=512, help="sequences per engine pass")
     p.add_argument("--grace", type=float, default=30.0, help="seconds to drain calls on SIGTERM (default 30)")
+    add_security_args(p)
+
+
+def add_security_args(p: argparse.ArgumentParser) -> None:
+    """TLS, tokens, the bind rule and per-caller admission limits (docs: README, "Running it on a network")."""
+    net = p.add_argument_group("network safety")
+    net.add_argument("--tls-cert", help="PEM certificate chain: TLS on the gRPC and HTTP ports")
+    net.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    net.add_argument("--tls-client-ca", help="PEM CA that client certificates must chain to (mutual TLS)")
+    net.add_argument("--token-file", help="bearer tokens, one 'NAME TOKEN' a line; reread on SIGHUP")
+    net.add_argument("--insecure", action="store_true",
+                     help="allow a non-loopback --host without TLS and tokens")
+    net.add_argument("--metrics-host", default="127.0.0.1",
+                     help="interface of the /metrics port (default 127.0.0.1: this machine only)")
+    net.add_argument("--max-calls-per-caller", type=int, default=0,
+                     help="calls in progress per token name (or per peer without tokens); 0 = no cap")
+    net.add_argument("--calls-per-s", type=float, default=0.0,
+                     help="calls per second per caller (a token bucket); 0 = no rate limit")
+    net.add_argument("--burst", type=int, default=0, help="the token bucket's size (default: --calls-per-s)")
+    net.add_argument("--max-queue-tokens", type=int, default=0,
+                     help="work waiting for the engine, in prompt + budget tokens; 0 = no bound")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -70,11 +98,21 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
                                max_new_tokens=args.default_max_new_tokens)
     scheduler = SchedulerConfig(max_wait_ms=args.max_wait_ms, max_linger_ms=args.max_linger_ms,
                                 max_batch_tokens=args.max_batch_tokens,
-                                max_batch_sequences=args.max_batch_sequences, max_queue=args.max_queue)
+                                max_batch_sequences=args.max_batch_sequences, max_queue=args.max_queue,
+                                max_queue_tokens=args.max_queue_tokens)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("give --tls-cert and --tls-key together")
+    tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    if args.tls_client_ca and tls is None:
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    check_bind(args.host, tls, args.token_file, args.insecure)
+    admission = AdmissionConfig(max_calls_per_caller=args.max_calls_per_caller, calls_per_s=args.calls_per_s,
+                                burst=args.burst)
     return ServerConfig(limits=limits, defaults=defaults, scheduler=scheduler,
                         max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace,
                         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-                        metrics_host=args.host, http_port=None if args.http_port < 0 else args.http_port)
+                        metrics_host=args.metrics_host, http_port=None if args.http_port < 0 else args.http_port,
+                        record=args.record, tls=tls, token_file=args.token_file, admission=admission)
 
 
 def cache_factory(args: argparse.Namespace):
@@ -90,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     try:
         config = server_config(args)
+        loader = serve_loader(args)
     except ValueError as e:
         raise SystemExit(f"grm serve: {e}") from None
 
@@ -97,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         print(message, flush=True)
 
     try:
-        return asyncio.run(run_until_signal(judge_loader(args), f"{args.host}:{args.port}", config,
+        return asyncio.run(run_until_signal(loader, f"{args.host}:{args.port}", config,
                                             cache_factory(args), say))
     except OSError as e:
         raise SystemExit(f"grm serve: {e}") from None

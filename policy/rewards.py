@@ -35,7 +35,7 @@ import grpc
 
 from grm.grouping import Row, RowScore, group_rows, spread_back
 from grm.types import AggregationOptions, Message, SamplingOptions
-from services.client import RetryPolicy, RewardClient
+from services.client import ClientTLS, RetryPolicy, RewardClient
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,14 @@ class ServiceReward:
 
     def __init__(self, target: str, *, per_response: bool = False, max_wait_s: float = 600.0,
                  timeout_s: float = 300.0, initial_backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 retry: RetryPolicy | None = None, **options):
+                 retry: RetryPolicy | None = None, tls: ClientTLS | None = None, token: str | None = None,
+                 **options):
         if max_wait_s < 0 or timeout_s <= 0:
             raise ValueError(f"ServiceReward needs max_wait_s >= 0 and timeout_s > 0, got {max_wait_s}, {timeout_s}")
         self.retry = retry or RetryPolicy(max_attempts=None, initial_backoff_s=initial_backoff_s,
                                           max_backoff_s=max_backoff_s, max_wait_s=max_wait_s, codes=WAIT_CODES)
         self.target, self.per_response, self.options = target, per_response, options
-        self.client = RewardClient(target, timeout_s=timeout_s, retry=self.retry)
+        self.client = RewardClient(target, timeout_s=timeout_s, retry=self.retry, tls=tls, token=token)
         self.name = f"service:{target}"
         # Counters for the trainer's log: calls, and completions whose input the service refused.
         self.stats = {"calls": 0, "refused": 0, "waits": 0}

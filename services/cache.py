@@ -240,6 +240,7 @@ class RedisCache:
         if not 0 < backoff_min_s <= backoff_max_s:
             raise ValueError(f"need 0 < backoff_min_s <= backoff_max_s, got {backoff_min_s}, {backoff_max_s}")
         self.ttl_s, self.timeout_s = ttl_s, timeout_s
+        self.url = url  # replicas sharing this Redis also share work leases (services/lease.py)
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
         self._redis = redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,

@@ -31,9 +31,12 @@ comparable is said there), everything goes in one ScoreBatch (split past
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import os
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import grpc
@@ -45,9 +48,14 @@ from services.convert import (CACHE_POLICY_TO_PROTO, CachePolicy, aggregation_to
                               result_from_proto, sampling_from_proto, sampling_to_proto)
 from services.proto.grm.v1 import reward_pb2 as pb
 from services.proto.grm.v1 import reward_pb2_grpc as pb_grpc
+from services.targets import balanced_target
 
 SERVICE_NAME = "grm.v1.RewardService"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
+# Metadata sent with every synchronous call made in this context: a front end that scores
+# for someone else (the HTTP endpoint, the inspector's form) names them here, and the
+# server's request recorder shows who (services/inspector/recorder.py).
+CALL_METADATA: contextvars.ContextVar[tuple] = contextvars.ContextVar("grm_call_metadata", default=())
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ class RetryPolicy:
     jitter: float = 0.2  # each wait is scaled by a uniform factor in [1 - jitter, 1 + jitter]
     max_wait_s: float = 0.0  # waiting time allowed past the call's deadline (per call)
     codes: frozenset = frozenset({grpc.StatusCode.UNAVAILABLE})  # the status codes retried
+    # A refusal with the server's retry hint (RESOURCE_EXHAUSTED + grpc-retry-pushback-ms) is
+    # retried after that long. A proxy turns it off to pass the refusal on to its own caller.
+    honour_pushback: bool = True
 
     def __post_init__(self) -> None:
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -132,10 +143,13 @@ def batch_request(items: Sequence[ScoreInput], **options) -> pb.ScoreBatchReques
 
 def _options(k: int | None = None, temperature: float | None = None, top_p: float | None = None,
              max_new_tokens: int | None = None, seed: int | None = None, shuffle: bool | None = None,
+             adaptive: str | None = None, adaptive_z: float | None = None, shared_principles: bool | None = None,
              sampling: SamplingOptions | None = None, aggregation: str | None = None,
              k_meta: int | None = None, cache_policy: str = "use", return_judgments: bool = False) -> dict:
     return dict(sampling=sampling_to_proto(sampling, k=k, temperature=temperature, top_p=top_p,
-                                           max_new_tokens=max_new_tokens, seed=seed, shuffle=shuffle),
+                                           max_new_tokens=max_new_tokens, seed=seed, shuffle=shuffle,
+                                           adaptive=adaptive, adaptive_z=adaptive_z,
+                                           shared_principles=shared_principles),
                 aggregation=aggregation_to_proto(aggregation, k_meta),
                 cache_policy=CACHE_POLICY_TO_PROTO[CachePolicy(cache_policy)],
                 return_judgments=return_judgments)
@@ -169,6 +183,60 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
             ("grpc.max_receive_message_length", max_message_bytes)]
 
 
+@dataclass(frozen=True)
+class ClientTLS:
+    """PEM files for a TLS channel: the CA that signed the server's certificate (None: the
+    system's roots), and for mutual TLS the client's own certificate and key."""
+
+    root_ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("ClientTLS needs both cert and key for a client certificate, or neither")
+
+    @classmethod
+    def from_env(cls) -> "ClientTLS | None":
+        """From ``GRM_TLS_CA``, ``GRM_TLS_CERT`` and ``GRM_TLS_KEY`` (None when none is set), so
+        that reward functions configured by a framework's YAML reach a TLS service too."""
+        ca, cert, key = (os.environ.get(f"GRM_TLS_{name}") or None for name in ("CA", "CERT", "KEY"))
+        return cls(ca, cert, key) if ca or cert else None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+        return grpc.ssl_channel_credentials(read(self.root_ca), read(self.key), read(self.cert))
+
+
+def open_channel(target: str, max_message_bytes: int, tls: ClientTLS | None, asynchronous: bool = False):
+    """A plaintext or TLS channel, sync or ``grpc.aio``, with the message size limits raised.
+    ``target`` may list several replicas, ``host:port,host:port`` (services/targets.py);
+    ``tls`` None reads ``ClientTLS.from_env()``."""
+    module = grpc.aio if asynchronous else grpc
+    target, spread = balanced_target(target)
+    options = channel_options(max_message_bytes) + spread
+    tls = tls or ClientTLS.from_env()
+    if tls is None:
+        return module.insecure_channel(target, options=options)
+    return module.secure_channel(target, tls.credentials(), options=options)
+
+
+def auth_metadata(token: str | None) -> tuple:
+    """The ``authorization`` metadata for ``token``, else for ``$GRM_TOKEN``; () without either."""
+    token = token or os.environ.get("GRM_TOKEN")
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def pushback_s(error: grpc.RpcError) -> float | None:
+    """The server's retry hint (``grpc-retry-pushback-ms`` in the trailing metadata), in seconds."""
+    try:
+        value = dict(error.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+        return int(value) / 1000 if value is not None and int(value) >= 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
 class Deadline:
     """One call's deadline, shared by its attempts (and by the RPCs of a split batch).
 
@@ -187,9 +255,11 @@ class Deadline:
         """The wait after failed attempt number ``attempt`` (1, 2, ...) of one RPC, or None
         when ``error`` must be raised."""
         limit = self.retry.max_attempts
-        if error.code() not in self.retry.codes or (limit is not None and attempt >= limit):
+        hint = (pushback_s(error) if self.retry.honour_pushback and error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                else None)
+        if (error.code() not in self.retry.codes and hint is None) or (limit is not None and attempt >= limit):
             return None
-        delay = self.retry.backoff(attempt)
+        delay = self.retry.backoff(attempt) if hint is None else hint  # the server knows when it has room
         granted = min(delay, self._wait_left)
         self._wait_left -= granted
         self.end += granted
@@ -213,17 +283,20 @@ class RewardClient:
     """Synchronous client; thread-safe (one channel, shared)."""
 
     def __init__(self, target: str, *, timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(),
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, tls: ClientTLS | None = None,
+                 token: str | None = None):
         self.target, self.timeout_s, self.retry = target, timeout_s, retry
         self._limits: dict[str, int] | None = None  # the server's Limits, read once with GetInfo when needed
         self.waits = 0  # backoff waits between attempts so far (a trainer logs them)
-        self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._auth = auth_metadata(token)  # the token, or $GRM_TOKEN, sent with every call
+        self._channel = open_channel(target, max_message_bytes, tls)
         self._stub = pb_grpc.RewardServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def score(self, conversation: str | Sequence[Message | dict], responses: Sequence[str], *,
               timeout_s: float | None = None, **options) -> ScoreReply:
-        """Options: k, temperature, top_p, max_new_tokens, seed, shuffle (or sampling=SamplingOptions),
+        """Options: k, temperature, top_p, max_new_tokens, seed, shuffle, adaptive ("off" | "decided" |
+        "confident"), adaptive_z, shared_principles (or sampling=SamplingOptions),
         aggregation ("voting" | "meta_voting"), k_meta, principles, reference,
         cache_policy ("use" | "refresh" | "bypass"), return_judgments."""
         msg = self._call(self._stub.Score, score_request(conversation, responses, **options),
@@ -295,7 +368,7 @@ class RewardClient:
         while True:
             attempt += 1
             try:
-                return method(request, timeout=deadline.left())
+                return method(request, timeout=deadline.left(), metadata=(self._auth + CALL_METADATA.get()) or None)
             except grpc.RpcError as e:
                 delay = deadline.next_wait(e, attempt)
                 if delay is None:
@@ -317,9 +390,10 @@ class AsyncRewardClient:
     """The asyncio twin of ``RewardClient``; the channel opens on the first call's event loop."""
 
     def __init__(self, target: str, *, timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(),
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, tls: ClientTLS | None = None,
+                 token: str | None = None):
         self.target, self.timeout_s, self.retry = target, timeout_s, retry
-        self._max_message_bytes = max_message_bytes
+        self._max_message_bytes, self._tls, self._auth = max_message_bytes, tls, auth_metadata(token)
         self._limits: dict[str, int] | None = None
         self.waits = 0  # backoff waits between attempts so far
         self._channel: grpc.aio.Channel | None = None
@@ -327,8 +401,7 @@ class AsyncRewardClient:
 
     def _ensure(self) -> pb_grpc.RewardServiceStub:
         if self._channel is None:  # grpc.aio channels belong to the loop they were made on
-            self._channel = grpc.aio.insecure_channel(self.target,
-                                                      options=channel_options(self._max_message_bytes))
+            self._channel = open_channel(self.target, self._max_message_bytes, self._tls, asynchronous=True)
             self._stub = pb_grpc.RewardServiceStub(self._channel)
         return self._stub
 
@@ -379,7 +452,7 @@ class AsyncRewardClient:
         while True:
             attempt += 1
             try:
-                return await method(request, timeout=deadline.left())
+                return await method(request, timeout=deadline.left(), metadata=self._auth or None)
             except grpc.RpcError as e:
                 delay = deadline.next_wait(e, attempt)
                 if delay is None:

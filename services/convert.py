@@ -24,6 +24,8 @@ class CachePolicy(StrEnum):
     BYPASS = "bypass"  # neither read nor write, no sharing with identical in-flight calls
 
 
+SAMPLING_FIELDS = ("k", "temperature", "top_p", "max_new_tokens", "seed", "shuffle", "adaptive", "adaptive_z",
+                   "shared_principles")  # every grm.types.SamplingOptions field, all on the wire
 CACHE_POLICY_TO_PROTO = {CachePolicy.USE: pb.CACHE_POLICY_USE, CachePolicy.REFRESH: pb.CACHE_POLICY_REFRESH,
                          CachePolicy.BYPASS: pb.CACHE_POLICY_BYPASS}
 CACHE_POLICY_FROM_PROTO = {v: k for k, v in CACHE_POLICY_TO_PROTO.items()}
@@ -63,7 +65,8 @@ def result_to_proto(result: ScoreResult, *, from_cache: bool = False, latency_ms
     msg = pb.ScoreResult(num_samples=len(result.judgments), num_valid=result.num_valid,
                          num_used=result.num_used, aggregation=AGGREGATION_TO_PROTO[Aggregation(result.aggregation)],
                          from_cache=from_cache, prompt_tokens=result.prompt_tokens,
-                         completion_tokens=result.completion_tokens, latency_ms=latency_ms)
+                         completion_tokens=result.completion_tokens, latency_ms=latency_ms,
+                         stop_reason=result.stop_reason)
     for reward, vote_sum, spread in zip(result.rewards, result.vote_sums, result.spread):
         score = msg.responses.add(scored=reward is not None, vote_sum=int(vote_sum))
         if reward is not None:
@@ -90,7 +93,7 @@ def result_from_proto(msg: pb.ScoreResult) -> ScoreResult:
         judgments=tuple(judgment_from_proto(j) for j in msg.judgments),
         aggregation=AGGREGATION_FROM_PROTO.get(msg.aggregation, Aggregation.VOTING),
         prompt_tokens=msg.prompt_tokens, completion_tokens=msg.completion_tokens,
-        invalid_reasons=dict(msg.invalid_reasons),
+        invalid_reasons=dict(msg.invalid_reasons), stop_reason=msg.stop_reason,
     )
 
 
@@ -112,15 +115,18 @@ def sampling_to_proto(sampling: SamplingOptions | None = None, **fields) -> pb.S
     """
     if sampling is not None:
         fields = {name: getattr(sampling, name) for name in
-                  ("k", "temperature", "top_p", "max_new_tokens", "seed", "shuffle")} | {
+                  SAMPLING_FIELDS} | {
                       k: v for k, v in fields.items() if v is not None}
     return pb.SamplingOptions(**{k: v for k, v in fields.items() if v is not None})
 
 
 def sampling_from_proto(msg: pb.SamplingOptions) -> SamplingOptions:
-    """Only for messages with every field set (GetInfoResponse.default_sampling)."""
+    """Only for messages with every field set (GetInfoResponse.default_sampling); the fields a
+    server older than adaptive k does not send take their defaults."""
+    later = {name: getattr(msg, name) for name in ("adaptive", "adaptive_z", "shared_principles")
+             if msg.HasField(name)}
     return SamplingOptions(k=msg.k, temperature=msg.temperature, top_p=msg.top_p,
-                           max_new_tokens=msg.max_new_tokens, seed=msg.seed, shuffle=msg.shuffle)
+                           max_new_tokens=msg.max_new_tokens, seed=msg.seed, shuffle=msg.shuffle, **later)
 
 
 def aggregation_to_proto(aggregation: AggregationOptions | str | None = None,

@@ -29,6 +29,9 @@ low-level server lets this module own the connection-level limits (``HTTPLimits`
   closed, and one whose body is not complete within ``body_timeout_s`` gets 408;
 - one request per connection (``Connection: close``), so no idle keep-alive lingers.
 
+The same port serves the judgment inspector's pages under ``/inspect`` when one is given
+(services/inspector), behind the same connection limits and timeouts.
+
 Scoring runs in a small thread pool through a ``RewardClient``, so validation, caching,
 batching, metrics and limits are the gRPC service's own. A client that hangs up before
 its answer is counted (``hangups``) and logged at debug level, never as a traceback.
@@ -44,8 +47,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import resource
 import socket
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
@@ -55,12 +60,16 @@ import grpc
 from aiohttp import web
 
 from grm.grouping import END_MARKERS, Row, RowScore, strip_end_markers
-from services.client import RewardClient, batch_request
+from services.client import CALL_METADATA, RetryPolicy, RewardClient, batch_request
+from services.inspector.app import MAX_FORM_BYTES, Inspector, Reply
+from services.inspector.recorder import CALLER_METADATA
+from services.security import TokenFile
 
 log = logging.getLogger(__name__)
 PATHS = ("/get_reward", "/")
 HTTP_FOR_GRPC = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-                 grpc.StatusCode.RESOURCE_EXHAUSTED: 503, grpc.StatusCode.INVALID_ARGUMENT: 400}
+                 grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.INVALID_ARGUMENT: 400,
+                 grpc.StatusCode.UNAUTHENTICATED: 401}
 FD_SHARE = 4  # the HTTP side may hold at most 1/FD_SHARE of the process's open-file limit
 # After an early answer (413, 408) the unread rest of a body is drained this long before
 # closing, so that a client still sending sees the answer rather than a reset.
@@ -218,16 +227,27 @@ class RewardHTTPServer:
 
     ``options`` go to every ScoreBatch call (k, temperature, max_new_tokens, ...);
     ``timeout_s`` is each call's deadline; ``limits`` bound connections and timeouts.
+    ``inspector`` (services/inspector) serves its pages under ``/inspect`` behind the same
+    limits; it is closed with the server. ``grpc_target`` None serves the inspector alone.
     The port is bound at construction; ``start`` begins serving.
     """
 
-    def __init__(self, grpc_target: str, host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 300.0,
+    def __init__(self, grpc_target: str | None, host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 300.0,
                  per_response: bool = False, limits: HTTPLimits = HTTPLimits(),
-                 end_markers: Sequence[str] = END_MARKERS, **options):
+                 end_markers: Sequence[str] = END_MARKERS, inspector: Inspector | None = None,
+                 ssl_context: ssl.SSLContext | None = None, tokens: TokenFile | None = None, **options):
         batch_request((), **options)  # unknown or invalid options fail at start-up
         self.limits, self.per_response, self.options = limits, per_response, options
         self.end_markers = tuple(end_markers)  # the policy's end and padding markers, cut off queries
-        self.client = RewardClient(grpc_target, timeout_s=timeout_s)
+        # A refusal goes back to the HTTP caller as 429 + Retry-After, not waited out here.
+        self.client = (RewardClient(grpc_target, timeout_s=timeout_s, retry=RetryPolicy(honour_pushback=False))
+                       if grpc_target else None)
+        self.inspector = inspector
+        if inspector is not None and self.client is not None:
+            inspector.score_through(self.client)  # "Try it" meets the same TLS and limits
+        # TLS as on the gRPC port; with tokens every request needs "Authorization: Bearer ...",
+        # which is passed on to the gRPC service, so HTTP callers meet their own token's limits.
+        self.ssl_context, self.tokens = ssl_context, tokens
         self.hangups = 0  # clients that left before their answer
         self._sock = socket.create_server((host, port), backlog=limits.backlog)
         self.port = self._sock.getsockname()[1]
@@ -269,13 +289,16 @@ class RewardHTTPServer:
             self._thread.join(10)
         self._sock.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
+        if self.inspector is not None:
+            self.inspector.close()
 
     async def _open(self) -> None:
         self._server = _GuardedServer(self._handle, self.limits, access_log=None, lingering_time=LINGER_S)
         self._runner = web.ServerRunner(self._server, shutdown_timeout=self.limits.grace_s)
         await self._runner.setup()
-        await web.SockSite(self._runner, self._sock, backlog=self.limits.backlog).start()
+        await web.SockSite(self._runner, self._sock, backlog=self.limits.backlog, ssl_context=self.ssl_context).start()
 
     async def _close(self) -> None:
         await self._runner.cleanup()
@@ -283,30 +306,77 @@ class RewardHTTPServer:
     def score(self, rows: list[Row]) -> dict:
         return reply_body(self.client.score_rows(rows, per_response=self.per_response, **self.options))
 
-    def answer(self, raw: bytes) -> tuple[int, dict]:
+    def answer(self, raw: bytes, caller: str = "", authorization: str | None = None) -> tuple[int, dict]:
         """The status and JSON reply for one request body (runs on a pool thread)."""
+        if self.client is None:
+            return 503, {"error": "service: no reward service behind this port (inspector only)"}
+        metadata = ((CALLER_METADATA, f"http {caller}"),)  # for the request recorder
+        if authorization:
+            metadata += (("authorization", authorization),)
+        token = CALL_METADATA.set(metadata)
         try:
             return 200, self.score(parse_rows(raw, self.end_markers))
         except BadRequest as e:
             return 400, {"error": str(e)}
         except grpc.RpcError as e:
-            return HTTP_FOR_GRPC.get(e.code(), 502), {"error": f"{e.code().name}: {e.details()}"}
+            body = {"error": f"{e.code().name}: {e.details()}"}
+            pushback = dict(e.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+            if pushback is not None:
+                body["retry_after_s"] = max(1, math.ceil(int(pushback) / 1000))
+            return HTTP_FOR_GRPC.get(e.code(), 502), body
+        finally:
+            CALL_METADATA.reset(token)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self._server.headers_done(request.protocol)
         if request.protocol in self._server.turned_away:
             self._server.refused += 1
             return _reply(503, {"error": f"connections: at most {self._server.cap} open at once; retry"})
+        authorization = request.headers.get("Authorization")
+        if self.tokens is not None and self.tokens.identify(authorization) is None:
+            response = _reply(401, {"error": "Authorization: a valid bearer token is required"})
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        if self.inspector is not None and self.inspector.owns(request.path):
+            return await self._inspect(request)
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
         raw = await self._body(request)
         if isinstance(raw, web.Response):
             return raw
-        status, body = await asyncio.get_running_loop().run_in_executor(self._pool, self.answer, raw)
+        status, body = await asyncio.get_running_loop().run_in_executor(self._pool, self.answer, raw,
+                                                                        _peer(request), authorization)
         if request.transport is None or request.transport.is_closing():
             return self._hung_up(request)
-        return _reply(status, body)
+        response = _reply(status, body)
+        if "retry_after_s" in body:
+            response.headers["Retry-After"] = str(body["retry_after_s"])
+        return response
+
+    async def _inspect(self, request: web.BaseRequest) -> web.StreamResponse:
+        """An inspector page: the form body (bounded, on the same deadline) goes with it to a pool thread."""
+        form = b""
+        if request.method == "POST":
+            if not _same_origin(request):
+                return _reply(403, {"error": "Origin: a form may only be posted from the inspector's own pages"})
+            if request.content_length is None:
+                return _reply(411, {"error": "Content-Length: required"})
+            if request.content_length > MAX_FORM_BYTES:
+                return _reply(413, {"error": f"body: at most {MAX_FORM_BYTES} bytes, got {request.content_length}"})
+            form = await self._body(request)
+            if isinstance(form, web.Response):
+                return form
+        reply: Reply = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self.inspector.respond, request.method, request.path, form, _peer(request),
+            request.headers.get("Authorization"))
+        if request.transport is None or request.transport.is_closing():
+            return self._hung_up(request)
+        response = web.Response(status=reply.status, body=b"" if request.method == "HEAD" else reply.body,
+                                content_type=reply.content_type.split(";")[0], charset="utf-8",
+                                headers=reply.headers)
+        response.force_close()
+        return response
 
     def _refusal(self, request: web.BaseRequest) -> web.Response | None:
         """The answer to a request refused on its headers alone, or None."""
@@ -338,3 +408,15 @@ class RewardHTTPServer:
         self.hangups += 1
         log.debug("HTTP client %s left before its answer (%d so far)", request.remote, self.hangups)
         return _reply(499, {"error": "client closed the connection"})  # nobody reads it
+
+
+def _peer(request: web.BaseRequest) -> str:
+    """The client's address as ``host:port`` (what the request recorder shows as the caller)."""
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(request.remote or "unknown")
+
+
+def _same_origin(request: web.BaseRequest) -> bool:
+    """A browser names the page a form was posted from; another site's page may not post here."""
+    origin = request.headers.get("Origin")
+    return origin is None or origin.split("://", 1)[-1] == request.host

@@ -31,6 +31,10 @@ class ServiceMetrics:
         self.items = Counter("grm_items", "inputs scored, by source (computed: run by the engine, counted "
                              "when its pass ends even if its caller left | cache: answered from the cache)",
                              ["source"], registry=reg)
+        self.generated_tokens = Counter(
+            "grm_generated_tokens", "tokens the engine generated, by whether the input's callers still "
+            "waited when its pass ended (waiting | gone: cancelled or past the deadline; such rows stop "
+            "early)", ["callers"], registry=reg)
         self.samples = Counter("grm_samples", "judgments sampled by the engine (every one generated)",
                                registry=reg)
         self.invalid_samples = Counter("grm_invalid_samples", "invalid judgments, by reason",
@@ -44,6 +48,10 @@ class ServiceMetrics:
                                "(deadline | cancelled)", ["reason"], registry=reg)
         self.cache_lookups = Counter("grm_cache_lookups", "cache lookups, by result (hit | miss)",
                                      ["result"], registry=reg)
+        self.leases = Counter("grm_replica_leases", "inputs missed by the shared cache, by who ran them "
+                              "(computed: this replica held the lease | waited: another replica's result "
+                              "was read | unleased: Redis did not answer, computed here)",
+                              ["outcome"], registry=reg)
         self._http = None
 
     def start_http(self, port: int = 0, host: str = "127.0.0.1") -> int:

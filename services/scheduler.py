@@ -39,6 +39,7 @@ Example (inside a coroutine)::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from grm.engine import EngineFailure, pass_deadline
 from grm.judge import Plan
 from grm.types import ScoreResult
 
@@ -71,6 +73,10 @@ class SchedulerConfig:
     max_batch_tokens: int = 1 << 20  # sum over sequences of (prompt + max_new_tokens) tokens
     max_batch_sequences: int = 512  # sampled sequences (k per input) per engine pass
     max_queue: int = 1024  # inputs waiting; past this submit raises QueueFull
+    # Work waiting, in tokens (each sequence's prompt plus its generation budget, as
+    # ``Plan.cost`` counts them): inputs differ a thousandfold in cost, so a bound in calls
+    # alone lets a few huge inputs queue hours of work. 0 = no bound.
+    max_queue_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_wait_ms", "max_linger_ms"):
@@ -79,6 +85,8 @@ class SchedulerConfig:
         for name in ("max_batch_tokens", "max_batch_sequences", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue_tokens < 0:
+            raise ValueError(f"SchedulerConfig.max_queue_tokens must be >= 0 (0 = no bound), got {self.max_queue_tokens}")
 
 
 class Deadline:
@@ -197,6 +205,10 @@ class Scheduler:
                 raise SchedulerClosed("the server is shutting down")
             if len(self._queue) >= self.config.max_queue:
                 raise QueueFull(f"the scheduler queue is full ({self.config.max_queue} inputs waiting)")
+            bound = self.config.max_queue_tokens
+            if bound and tokens + sum(w.tokens for w in self._queue) > bound:
+                raise QueueFull(f"the queued work would pass max_queue_tokens ({bound} tokens; this input "
+                                f"needs {tokens})")
             self._queue.append(work)
             self._last_arrival = time.monotonic()
             self._set_depth()
@@ -268,11 +280,16 @@ class Scheduler:
             self.metrics.batch_size.observe(len(batch))
             self.metrics.batch_sequences.observe(sum(w.sequences for w in batch))
         try:
-            results = self.run_plans([w.plan for w in batch])
+            # The engine asks each input's ``wanted`` between steps, so an input whose callers
+            # all left (cancelled, or past their deadlines) stops costing engine time mid-pass.
+            plans = [dataclasses.replace(w.plan, wanted=lambda w=w: w.gone(time.monotonic()) is None) for w in batch]
+            with pass_deadline(lambda: _latest(batch)):  # a remote engine stops waiting past it
+                results = self.run_plans(plans)
         except Exception as exc:
-            if len(batch) == 1:
-                log.exception("engine pass failed")
-                self._settle(batch[0], None, exc)
+            if len(batch) == 1 or isinstance(exc, EngineFailure):  # engine-wide: every input gets it
+                log.warning("engine pass failed: %s", exc, exc_info=not isinstance(exc, EngineFailure))
+                for work in batch:
+                    self._settle(work, None, exc)
                 return
             # Find the input that broke the pass: the others must still get their results.
             log.warning("a batch of %d inputs failed (%r); running them one by one", len(batch), exc)
@@ -282,15 +299,19 @@ class Scheduler:
                 else:
                     self._settle(work, None, DeadlineExpired("the deadline passed before the input ran"))
             return
-        self._count(results)
+        self._count(results, batch)
         for work, result in zip(batch, results):
             self._settle(work, result, None)
 
-    def _count(self, results: list[ScoreResult]) -> None:
+    def _count(self, results: list[ScoreResult], batch: list[_Work]) -> None:
         """Count what the engine did here, not where callers read it: a result whose caller
         left meanwhile was still generated, and the counters must add up to the passes."""
         if self.metrics is None:
             return
+        now = time.monotonic()
+        for work, result in zip(batch, results):  # tokens written for callers still there, or gone
+            gone = work.gone(now) is not None
+            self.metrics.generated_tokens.labels("gone" if gone else "waiting").inc(result.completion_tokens)
         self.metrics.items.labels("computed").inc(len(results))
         self.metrics.samples.inc(sum(len(r.judgments) for r in results))
         for result in results:
@@ -314,3 +335,9 @@ class Scheduler:
     def _set_depth(self) -> None:
         if self.metrics is not None:
             self.metrics.queue_depth.set(len(self._queue))
+
+
+def _latest(batch: list[_Work]) -> float | None:
+    """The latest deadline in a pass (None: one of them has none): the pass runs for all of them."""
+    ats = [w.deadline.at for w in batch]
+    return None if any(at is None for at in ats) else max(ats)

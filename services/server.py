@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -30,10 +32,14 @@ from grpc_reflection.v1alpha import reflection
 
 from grm.judge import GenerativeRewardModel
 from grm.types import SamplingOptions
-from services.cache import DEFAULT_PREFIX
+from services.admission import Admission, AdmissionConfig
+from services.cache import DEFAULT_PREFIX, RedisCache
 from services.http_reward import RewardHTTPServer
+from services.inspector import Inspector, RecentRequests
+from services.lease import ReplicaLease
 from services.metrics import ServiceMetrics
 from services.scheduler import Scheduler, SchedulerConfig
+from services.security import TLSFiles, TokenFile
 from services.servicer import SERVICE_NAME, Backend, RewardServicer
 from services.validation import Limits
 
@@ -53,6 +59,10 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     http_port: int | None = None  # OpenRLHF-style HTTP reward endpoint (services/http_reward.py); 0 = a free port
     cache_prefix: str = DEFAULT_PREFIX  # change it to drop every old cache entry
+    record: int = 0  # scored inputs kept for the inspector's recent-requests pages; 0 = off (privacy)
+    tls: TLSFiles | None = None  # TLS (and with a client CA, mutual TLS) on the gRPC and HTTP ports
+    token_file: str | None = None  # bearer tokens by name (services/security.py); None = no tokens
+    admission: AdmissionConfig = AdmissionConfig()  # per-caller limits (services/admission.py)
 
     def __post_init__(self) -> None:
         self.limits.check_defaults(self.defaults)
@@ -67,6 +77,8 @@ class ServerConfig:
             raise ValueError(f"ServerConfig.metrics_port must be in 0..65535 or None, got {self.metrics_port}")
         if self.http_port is not None and not 0 <= self.http_port < 65536:
             raise ValueError(f"ServerConfig.http_port must be in 0..65535 or None, got {self.http_port}")
+        if self.record < 0:
+            raise ValueError(f"ServerConfig.record must be >= 0 (0 = off), got {self.record}")
 
 
 class RewardServer:
@@ -78,6 +90,7 @@ class RewardServer:
         self.config, self.metrics, self.cache = config, metrics, cache
         self.port, self.metrics_port = port, metrics_port
         self.http: RewardHTTPServer | None = None  # the OpenRLHF endpoint, when config.http_port is set
+        self.private_dir: str | None = None  # see create_server: the HTTP front end's unix socket
         self._ready = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -137,7 +150,11 @@ class RewardServer:
         self.servicer.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.servicer.lease is not None:
+            await self.servicer.lease.close()
         await asyncio.to_thread(self.metrics.stop_http)
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
         self._stopped.set()
 
 
@@ -147,6 +164,11 @@ async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.
     metrics = ServiceMetrics()
     servicer = RewardServicer(config.limits, config.defaults, metrics, cache, config.cache_prefix, SERVER_VERSION,
                               config.max_concurrent_rpcs)
+    servicer.recorder = RecentRequests(config.record) if config.record else None
+    servicer.tokens = TokenFile(config.token_file) if config.token_file else None
+    servicer.admission = Admission(config.admission)
+    if isinstance(cache, RedisCache):  # replicas sharing this Redis run identical work once
+        servicer.lease = ReplicaLease(cache.url, owner=servicer.replica_id, metrics=metrics, result_ttl_s=cache.ttl_s)
     health_servicer = health.aio.HealthServicer()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -161,22 +183,41 @@ async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(address)
+        port = (server.add_secure_port(address, config.tls.grpc_credentials()) if config.tls
+                else server.add_insecure_port(address))
     except RuntimeError as e:  # grpc's way of saying the address is taken or invalid
         raise OSError(f"could not bind {address}: {e}") from None
     if port == 0:
         raise OSError(f"could not bind {address}")
+    private = None
+    if config.tls is not None and config.http_port is not None:
+        # The HTTP front end reaches the service over a unix socket in a folder only this
+        # user can open: no certificate to present, and tokens are still checked on it.
+        private = tempfile.mkdtemp(prefix="grm-")
+        server.add_insecure_port(f"unix:{private}/grpc.sock")
     await server.start()
     metrics_port = None
     if config.metrics_port is not None:
         metrics_port = metrics.start_http(config.metrics_port, config.metrics_host)
     srv = RewardServer(server, servicer, health_servicer, config, metrics, port, metrics_port, cache)
+    srv.private_dir = private  # the HTTP front end's unix socket folder, removed at stop
     if config.http_port is not None:
         host = address.rsplit(":", 1)[0]
         http_host = "0.0.0.0" if host in ("[::]", "::") else host  # http.server binds IPv4
-        srv.http = RewardHTTPServer(f"{loopback(host)}:{port}", http_host, config.http_port).start()
+        target = f"unix:{private}/grpc.sock" if private else f"{loopback(host)}:{port}"
+        srv.http = RewardHTTPServer(target, http_host, config.http_port, inspector=Inspector(servicer.recorder),
+                                    ssl_context=config.tls.ssl_context() if config.tls else None,
+                                    tokens=servicer.tokens).start()
     srv._begin_loading(judge_or_loader)
     return srv, port
+
+
+def _reload_tokens(tokens: TokenFile, say: Callable[[str], None]) -> None:
+    """SIGHUP: reread the token file; a file that does not parse keeps the tokens in use."""
+    try:
+        say(f"reloaded {tokens.reload()} tokens from {tokens.path}")
+    except (OSError, ValueError) as e:
+        say(f"token file not reloaded, the old tokens stay: {e}")
 
 
 def loopback(host: str) -> str:
@@ -196,10 +237,13 @@ async def run_until_signal(judge_or_loader: JudgeOrLoader, address: str, config:
         say(f"metrics on http://{config.metrics_host}:{srv.metrics_port}/metrics")
     if srv.http is not None:
         say(f"OpenRLHF reward endpoint on http://{host}:{srv.http.port}/get_reward")
+        say(f"inspector on http://{host}:{srv.http.port}/inspect")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if srv.servicer.tokens is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_tokens, srv.servicer.tokens, say)
     ready = asyncio.create_task(srv.wait_ready())
     await asyncio.wait([ready, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     code = 0

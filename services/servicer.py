@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -34,32 +37,44 @@ from typing import Awaitable, Callable
 import grpc
 from google.protobuf.message import DecodeError
 
+from grm.engine import EngineFailure, EngineOverloaded, EngineTimeout
 from grm.judge import GenerativeRewardModel, InputTooLong, Plan
 from grm.types import SamplingOptions
 from services.cache import DEFAULT_PREFIX, cache_key
 from services.convert import CachePolicy, result_to_proto, sampling_to_proto
 from services.metrics import ServiceMetrics
 from services.proto.grm.v1 import reward_pb2 as pb
+from services.admission import Admission, AdmissionConfig, Refused
 from services.result_store import ResultStore
 from services.scheduler import Deadline, DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, Ticket
+from services.security import TokenFile
 from services.singleflight import Singleflight
 from services.validation import Limits, Request, ValidationError, parse_batch, parse_score
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name  # "grm.v1.RewardService"
 Code = grpc.StatusCode
+BUSY_RETRY_S = 0.5  # the retry hint of a refusal that knows no better one (the server is full)
 # A client's deadline and ours are the same timeout started a network hop apart, so its
 # cancellation can arrive a little before our own timer fires; within this much of the
 # deadline a cancelled call counts as DEADLINE_EXCEEDED.
 DEADLINE_SLACK_S = 0.1
+REPLICA_HEADER = "grm-replica"  # trailing metadata naming the server that answered (replicas)
+_ENGINE_CODES = {EngineOverloaded: Code.RESOURCE_EXHAUSTED, EngineTimeout: Code.DEADLINE_EXCEEDED}
 
 
 class RpcFailure(Exception):
     """An RPC (or one batch item) ends with this status code and message."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: float | None = None):
         super().__init__(message)
         self.code, self.message = code, message
+        self.retry_after_s = retry_after_s  # sent as grpc-retry-pushback-ms with RESOURCE_EXHAUSTED
+
+    def trailing_metadata(self) -> tuple:
+        if self.code is not Code.RESOURCE_EXHAUSTED:
+            return ()
+        return (("grpc-retry-pushback-ms", str(max(1, round(1000 * (self.retry_after_s or BUSY_RETRY_S))))),)
 
 
 @dataclass
@@ -95,6 +110,11 @@ class RewardServicer:
         self.cache, self.cache_prefix, self.server_version = cache, cache_prefix, server_version
         self.store = ResultStore(cache) if cache is not None else None
         self.singleflight = Singleflight()
+        self.lease = None  # services.lease.ReplicaLease when replicas share a Redis cache
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this server, by name
+        self.recorder = None  # services.inspector.recorder.RecentRequests when grm serve --record N
+        self.tokens: TokenFile | None = None  # when set, every RewardService call needs a bearer token
+        self.admission = Admission(AdmissionConfig())  # per-caller limits (off by default)
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self._in_flight = 0  # calls being handled; all of them run on the server's one event loop
         self.backend: Backend | None = None
@@ -120,14 +140,15 @@ class RewardServicer:
 
     def _wrap(self, name: str, fn: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
         async def handle(request, context: grpc.aio.ServicerContext):
-            start, code = time.perf_counter(), Code.OK
+            start, code, caller = time.perf_counter(), Code.OK, None
             self._in_flight += 1
             try:
-                self._admit(request)
+                caller = self._admit(request, self._caller(context))
+                context.set_trailing_metadata(((REPLICA_HEADER, self.replica_id),))  # which replica answered
                 return await fn(request, context)
             except RpcFailure as e:
                 code = e.code
-                await context.abort(e.code, e.message)
+                await context.abort(e.code, e.message, trailing_metadata=e.trailing_metadata())
             except asyncio.CancelledError:  # the caller went away or its deadline passed
                 code = _cancelled_code(context)
                 raise
@@ -137,17 +158,38 @@ class RewardServicer:
                 await context.abort(Code.INTERNAL, f"internal error: {type(e).__name__}: {e}")
             finally:
                 self._in_flight -= 1
+                if caller is not None:  # admitted: its place in the caller's budget is free again
+                    self.admission.leave(caller)
                 self.metrics.requests.labels(name, code.name).inc()
                 self.metrics.latency.labels(name).observe(time.perf_counter() - start)
         return handle
 
-    def _admit(self, request) -> None:
-        """Refuse a call past the concurrent-call limit, or one whose bytes did not parse."""
+    def _caller(self, context: grpc.aio.ServicerContext) -> str:
+        """The token's name (UNAUTHENTICATED without a known one), or with no tokens the peer's host."""
+        if self.tokens is not None:
+            authorization = dict(context.invocation_metadata() or ()).get("authorization")
+            name = self.tokens.identify(authorization)
+            if name is None:
+                raise RpcFailure(Code.UNAUTHENTICATED, "a valid bearer token is required in the 'authorization' "
+                                 "metadata" if authorization else "no 'authorization' metadata: this server "
+                                 "needs a bearer token")
+            return name
+        return peer_host(context.peer() or "")
+
+    def _admit(self, request, caller: str) -> str:
+        """Refuse a call past the concurrent-call limit or the caller's own limits, or one whose
+        bytes did not parse. An admitted call is the caller's until ``admission.leave``."""
         if self._in_flight > self.max_concurrent_rpcs:
             raise RpcFailure(Code.RESOURCE_EXHAUSTED, f"the server is busy: {self.max_concurrent_rpcs} calls "
                              "in flight already (max_concurrent_rpcs); retry later")
+        try:
+            self.admission.enter(caller)
+        except Refused as e:
+            raise RpcFailure(Code.RESOURCE_EXHAUSTED, str(e), e.retry_after_s) from None
         if isinstance(request, _Malformed):
+            self.admission.leave(caller)
             raise RpcFailure(Code.INVALID_ARGUMENT, request.message)
+        return caller
 
     def _serving(self) -> Backend:
         if self.shutting_down:
@@ -209,7 +251,10 @@ class RewardServicer:
             computed = await self._compute_all(backend, req, [(i, where[i], keys[i]) for i in todo], deadline)
             for i, out in zip(todo, computed):
                 outs[i] = out
-        return _reply(outs, req.return_judgments, (time.perf_counter() - start) * 1000)
+        latency_ms = (time.perf_counter() - start) * 1000
+        if self.recorder is not None:  # with the judgments, before those nobody asked for are stripped
+            self.recorder.add(req.items, outs, context, where, latency_ms)
+        return _reply(outs, req.return_judgments, latency_ms)
 
     def _key(self, identity: dict[str, str], req: Request, item) -> str | None:
         """The cache and flight key of one input; None when it is neither cached nor shared."""
@@ -224,7 +269,7 @@ class RewardServicer:
         wanted = [i for i, key in enumerate(keys) if key is not None]
         if self.store is None or req.cache_policy is not CachePolicy.USE or not wanted:
             return outs
-        found = await self.store.lookup([keys[i] for i in wanted], req.return_judgments)
+        found = await self.store.lookup([keys[i] for i in wanted], req.return_judgments or self.recorder is not None)
         for i, hit in zip(wanted, found):
             outs[i] = hit
         hits = sum(hit is not None for hit in found)
@@ -265,6 +310,8 @@ class RewardServicer:
             return RpcFailure(Code.DEADLINE_EXCEEDED, str(e))
         except SchedulerClosed as e:
             return RpcFailure(Code.UNAVAILABLE, str(e))
+        except EngineFailure as e:  # a remote engine down, overloaded or too slow: never a score
+            return RpcFailure(_ENGINE_CODES.get(type(e), Code.UNAVAILABLE), str(e))
         except Exception as e:  # the engine failed on this input alone (the scheduler isolates it)
             log.exception("scoring an input failed")
             return RpcFailure(Code.INTERNAL, f"scoring failed: {type(e).__name__}: {e}")
@@ -279,9 +326,22 @@ class RewardServicer:
             # A request that missed the cache just before another flight for this key stored
             # its result and ended finds the entry here instead of recomputing. With
             # judgments: the flight's result is shared by callers that may want them.
-            [cached] = await self.store.lookup([key], with_judgments=True)
+            cached = await self._cached(key)
             if cached is not None:
                 return cached
+            if self.lease is not None:  # replicas sharing Redis: another one may be computing it
+                return await self.lease.run(key, lambda: self._engine(scheduler, plan, key, deadline, ticket),
+                                            lambda: self.lease.read_result(key), deadline, on_wait=ticket.consume,
+                                            keep=lambda msg: self.lease.keep_result(key, msg))
+        return await self._engine(scheduler, plan, key, deadline, ticket)
+
+    async def _cached(self, key: str) -> pb.ScoreResult | None:
+        [cached] = await self.store.lookup([key], with_judgments=True)
+        return cached
+
+    async def _engine(self, scheduler: Scheduler, plan: Plan, key: str | None, deadline: Deadline,
+                      ticket: Ticket) -> pb.ScoreResult:
+        """Run the engine on one plan and store its result."""
         msg = result_to_proto(await scheduler.submit(plan, deadline, ticket))
         if key is not None and self.store is not None:
             # Stored before the flight ends: a request that just missed the cache either
@@ -317,3 +377,13 @@ def _plan_all(judge: GenerativeRewardModel, req: Request, todo: list[tuple[int, 
         except ValueError as e:
             plans.append(RpcFailure(Code.INVALID_ARGUMENT, f"{where}: {e}"))
     return plans
+
+
+def peer_host(peer: str) -> str:
+    """A gRPC peer string (``ipv4:10.0.0.5:51234``, ``ipv6:[::1]:5``) without its port: one
+    client's connections share a budget."""
+    kind, _, address = peer.partition(":")
+    if not address:
+        return peer or "unknown"
+    host = address.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else address
+    return f"{kind}:{host}"

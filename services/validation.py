@@ -18,13 +18,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from grm.types import MAX_K, AggregationOptions, Message, SamplingOptions, ScoreInput
+from grm.types import ADAPTIVE_MODES, MAX_K, AggregationOptions, Message, SamplingOptions, ScoreInput
 from services.convert import AGGREGATION_FROM_PROTO, CACHE_POLICY_FROM_PROTO, CachePolicy
 from services.proto.grm.v1 import reward_pb2 as pb
 
 ROLES = ("system", "user", "assistant")
 MAX_TEMPERATURE = 10.0  # nobody needs more; bounds the logits / T arithmetic
 MAX_SEED = 2**63 - 1
+MAX_ADAPTIVE_Z = 100.0  # past this the confident rule never stops before "decided" does
 
 
 class ValidationError(ValueError):
@@ -82,8 +83,9 @@ def parse_score(req: pb.ScoreRequest, limits: Limits, defaults: SamplingOptions 
         raise ValidationError("input", "is required")
     item = parse_input(req.input, limits, "input")
     sampling = parse_sampling(req.sampling, limits, defaults)
-    return Request((item,), sampling, parse_aggregation(req.aggregation, sampling.k, meta_available),
-                   parse_cache_policy(req.cache_policy), req.return_judgments)
+    aggregation = parse_aggregation(req.aggregation, sampling.k, meta_available)
+    check_adaptive(sampling, aggregation)
+    return Request((item,), sampling, aggregation, parse_cache_policy(req.cache_policy), req.return_judgments)
 
 
 def parse_batch(req: pb.ScoreBatchRequest, limits: Limits, defaults: SamplingOptions = SamplingOptions(),
@@ -94,6 +96,7 @@ def parse_batch(req: pb.ScoreBatchRequest, limits: Limits, defaults: SamplingOpt
         raise ValidationError("items", f"must hold 1..{limits.max_batch_items} inputs, got {len(req.items)}")
     sampling = parse_sampling(req.sampling, limits, defaults)
     aggregation = parse_aggregation(req.aggregation, sampling.k, meta_available)
+    check_adaptive(sampling, aggregation)
     items = []
     for i, msg in enumerate(req.items):
         try:
@@ -152,8 +155,14 @@ def parse_sampling(msg: pb.SamplingOptions, limits: Limits, defaults: SamplingOp
                               f"must be in 1..{limits.max_new_tokens}, got {max_new_tokens}")
     if not 0 <= seed <= MAX_SEED:
         raise ValidationError("sampling.seed", f"must be in 0..{MAX_SEED}, got {seed}")
+    adaptive, adaptive_z = get("adaptive") or "off", get("adaptive_z")
+    if adaptive not in ADAPTIVE_MODES:
+        raise ValidationError("sampling.adaptive", f"must be one of {', '.join(ADAPTIVE_MODES)}, got {adaptive!r}")
+    if not (math.isfinite(adaptive_z) and 0 < adaptive_z <= MAX_ADAPTIVE_Z):
+        raise ValidationError("sampling.adaptive_z", f"must be in (0, {MAX_ADAPTIVE_Z:g}], got {adaptive_z}")
     return SamplingOptions(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                           seed=seed, shuffle=get("shuffle"))
+                           seed=seed, shuffle=get("shuffle"), adaptive=adaptive, adaptive_z=adaptive_z,
+                           shared_principles=get("shared_principles"))
 
 
 def parse_aggregation(msg: pb.AggregationOptions, k: int, meta_available: bool) -> AggregationOptions:
@@ -168,6 +177,13 @@ def parse_aggregation(msg: pb.AggregationOptions, k: int, meta_available: bool) 
     if k_meta is not None and not 1 <= k_meta <= k:
         raise ValidationError("aggregation.k_meta", f"must be in 1..k ({k}), got {k_meta}")
     return AggregationOptions(method, k_meta)
+
+
+def check_adaptive(sampling: SamplingOptions, aggregation: AggregationOptions) -> None:
+    """Adaptive k stops on vote sums; meta voting keeps the k_meta best-rated of all k samples."""
+    if sampling.adaptive != "off" and aggregation.aggregation == "meta_voting":
+        raise ValidationError("sampling.adaptive", f"works with voting only, got {sampling.adaptive!r} "
+                              "with aggregation META_VOTING")
 
 
 def parse_cache_policy(value: int) -> CachePolicy:

@@ -35,7 +35,7 @@ import statistics
 from typing import Sequence
 
 from grm.grouping import Row, RowScore
-from services.client import AsyncRewardClient, RetryPolicy, RewardClient, batch_request
+from services.client import AsyncRewardClient, ClientTLS, RetryPolicy, RewardClient, batch_request
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,11 @@ class _RemoteReward:
     """Settings and a lazily opened client; the client is never pickled."""
 
     def __init__(self, target: str, *, per_response: bool = False, name: str = "grm",
-                 timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(), **options):
+                 timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(), tls: ClientTLS | None = None,
+                 token: str | None = None, **options):
         batch_request((), **options)  # unknown or invalid options fail here, not mid-training
         self.target, self.per_response, self.timeout_s, self.retry = target, per_response, timeout_s, retry
+        self.connect = {"tls": tls, "token": token}  # TLS files and bearer token ($GRM_TLS_*, $GRM_TOKEN if None)
         self.options = options  # k, temperature, max_new_tokens, seed, cache_policy, aggregation, ...
         self.__name__ = name  # TRL names the reward column and its logs after it
         self._client = None
@@ -99,7 +101,7 @@ class TRLReward(_RemoteReward):
     def __call__(self, prompts: Sequence, completions: Sequence, log_metric=None, **kwargs) -> list[float | None]:
         rows = trl_rows(prompts, completions)
         if self._client is None:
-            self._client = RewardClient(self.target, timeout_s=self.timeout_s, retry=self.retry)
+            self._client = RewardClient(self.target, timeout_s=self.timeout_s, retry=self.retry, **self.connect)
         return report(self.__name__, self._client.score_rows(rows, per_response=self.per_response, **self.options),
                       log_metric)
 
@@ -112,7 +114,8 @@ class AsyncTRLReward(_RemoteReward):
         rows = trl_rows(prompts, completions)
         loop = asyncio.get_running_loop()
         if self._client is None or self._client[0] is not loop:  # a grpc.aio channel serves one loop
-            self._client = (loop, AsyncRewardClient(self.target, timeout_s=self.timeout_s, retry=self.retry))
+            self._client = (loop, AsyncRewardClient(self.target, timeout_s=self.timeout_s, retry=self.retry,
+                                                    **self.connect))
         scores = await self._client[1].score_rows(rows, per_response=self.per_response, **self.options)
         return report(self.__name__, scores, log_metric)
 
@@ -122,8 +125,9 @@ def trl_reward(target: str, *, asynchronous: bool = False, per_response: bool = 
     """A picklable TRL reward function scoring through the GRM service at ``target`` ("host:port").
 
     ``options`` go to every ScoreBatch call: k, temperature, top_p, max_new_tokens, seed,
-    shuffle, aggregation ("voting" | "meta_voting"), k_meta, cache_policy ("use" |
-    "refresh" | "bypass"). ``retry=RetryPolicy(...)`` tunes the UNAVAILABLE retries.
+    shuffle, adaptive, adaptive_z, shared_principles, aggregation ("voting" | "meta_voting"), k_meta, cache_policy ("use" |
+    "refresh" | "bypass"). ``retry=RetryPolicy(...)`` tunes the UNAVAILABLE retries;
+    ``tls=ClientTLS(...)`` and ``token`` reach a service that wants them.
 
         reward = trl_reward("127.0.0.1:50051", k=4, temperature=0.5)
         reward(prompts=["2+2?", "2+2?"], completions=["4", "5"])    # -> e.g. [8.5, 2.0]

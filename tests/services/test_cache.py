@@ -51,7 +51,8 @@ async def answers(cache) -> bool:
 
 
 # One changed value per field of the records: a field added later fails here until listed.
-SAMPLING_CHANGES = dict(k=5, temperature=0.7, top_p=1.0, max_new_tokens=65, seed=4, shuffle=False)
+SAMPLING_CHANGES = dict(k=5, temperature=0.7, top_p=1.0, max_new_tokens=65, seed=4, shuffle=False,
+                        adaptive="confident", adaptive_z=3.0, shared_principles=True)
 AGG_CHANGES = dict(aggregation=Aggregation.VOTING, k_meta=3)
 ITEM_CHANGES = {
     "conversation: content": ScoreInput([Message("system", "Be brief."), Message("user", "Name a primE.")],
@@ -83,7 +84,8 @@ def test_key_is_the_sha256_of_a_canonical_json_text():
             '{"content":"Name a prime.","role":"user"}],'
             '"principles":"Correctness (60%)","reference":"7","responses":["7","9"]},'
             '"model_id":"tiny-grm","revision":"ab12",'
-            '"sampling":{"k":4,"max_new_tokens":64,"seed":3,"shuffle":true,"temperature":0.5,"top_p":0.9},'
+            '"sampling":{"adaptive":"off","adaptive_z":2,"k":4,"max_new_tokens":64,"seed":3,'
+            '"shared_principles":false,"shuffle":true,"temperature":0.5,"top_p":0.9},'
             '"template_version":"default-v1"}')
     assert key() == DEFAULT_PREFIX + hashlib.sha256(text.encode()).hexdigest()
     ints = text.replace('"temperature":0.5,"top_p":0.9', '"temperature":2,"top_p":1')

@@ -46,20 +46,26 @@ class ScoreInput(_message.Message):
     def __init__(self, conversation: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., responses: _Optional[_Iterable[str]] = ..., principles: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
 
 class SamplingOptions(_message.Message):
-    __slots__ = ("k", "temperature", "top_p", "max_new_tokens", "seed", "shuffle")
+    __slots__ = ("k", "temperature", "top_p", "max_new_tokens", "seed", "shuffle", "adaptive", "adaptive_z", "shared_principles")
     K_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     SHUFFLE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_Z_FIELD_NUMBER: _ClassVar[int]
+    SHARED_PRINCIPLES_FIELD_NUMBER: _ClassVar[int]
     k: int
     temperature: float
     top_p: float
     max_new_tokens: int
     seed: int
     shuffle: bool
-    def __init__(self, k: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ...) -> None: ...
+    adaptive: str
+    adaptive_z: float
+    shared_principles: bool
+    def __init__(self, k: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., adaptive: _Optional[str] = ..., adaptive_z: _Optional[float] = ..., shared_principles: _Optional[bool] = ...) -> None: ...
 
 class AggregationOptions(_message.Message):
     __slots__ = ("method", "k_meta")
@@ -160,7 +166,7 @@ class Judgment(_message.Message):
     def __init__(self, principles: _Optional[str] = ..., critique: _Optional[str] = ..., scores: _Optional[_Iterable[int]] = ..., permutation: _Optional[_Iterable[int]] = ..., valid: _Optional[bool] = ..., invalid_reason: _Optional[str] = ..., meta_score: _Optional[float] = ..., text: _Optional[str] = ..., num_tokens: _Optional[int] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("responses", "num_samples", "num_valid", "num_used", "best", "aggregation", "invalid_reasons", "judgments", "from_cache", "prompt_tokens", "completion_tokens", "latency_ms")
+    __slots__ = ("responses", "num_samples", "num_valid", "num_used", "best", "aggregation", "invalid_reasons", "judgments", "from_cache", "prompt_tokens", "completion_tokens", "latency_ms", "stop_reason")
     class InvalidReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +186,7 @@ class ScoreResult(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
     responses: _containers.RepeatedCompositeFieldContainer[ResponseScore]
     num_samples: int
     num_valid: int
@@ -192,7 +199,8 @@ class ScoreResult(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float
-    def __init__(self, responses: _Optional[_Iterable[_Union[ResponseScore, _Mapping]]] = ..., num_samples: _Optional[int] = ..., num_valid: _Optional[int] = ..., num_used: _Optional[int] = ..., best: _Optional[int] = ..., aggregation: _Optional[_Union[AggregationMethod, str]] = ..., invalid_reasons: _Optional[_Mapping[str, int]] = ..., judgments: _Optional[_Iterable[_Union[Judgment, _Mapping]]] = ..., from_cache: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    stop_reason: str
+    def __init__(self, responses: _Optional[_Iterable[_Union[ResponseScore, _Mapping]]] = ..., num_samples: _Optional[int] = ..., num_valid: _Optional[int] = ..., num_used: _Optional[int] = ..., best: _Optional[int] = ..., aggregation: _Optional[_Union[AggregationMethod, str]] = ..., invalid_reasons: _Optional[_Mapping[str, int]] = ..., judgments: _Optional[_Iterable[_Union[Judgment, _Mapping]]] = ..., from_cache: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., stop_reason: _Optional[str] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
