@@ -81,13 +81,15 @@ def bodies(engine: RemoteEngine, items: list[ScoreInput], sampling: list[Samplin
     return out
 
 
-async def plain(url: str, payloads: list[dict]) -> int:
+async def plain(url: str, payloads: list[dict], tokenizer) -> int:
+    """Post every body at once; the generated tokens, counted as the service counts them."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        async def post(body: dict) -> int:
+        async def post(body: dict) -> list[str]:
             async with session.post(url + "/v1/completions", json=body) as r:
                 reply = await r.json()
-            return (reply.get("usage") or {}).get("completion_tokens", 0)
-        return sum(await asyncio.gather(*(post(b) for b in payloads)))
+            return [c["text"] for c in reply["choices"]]
+        texts = [t for ts in await asyncio.gather(*(post(b) for b in payloads)) for t in ts]
+    return sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
 
 
 def main() -> None:
@@ -106,7 +108,7 @@ def main() -> None:
         sampling = [SamplingOptions(k=args.k, temperature=0.5, max_new_tokens=args.max_new_tokens, seed=i)
                     for i in range(len(items))]
         payloads = bodies(engine, items, sampling)
-        engine.close()
+        engine.close()  # its tokenizer stays, to count the plain side's tokens
         print(f"{len(items)} requests, k={args.k}, {args.max_new_tokens} new tokens max: {len(payloads)} "
               f"completion calls; llama-server -np {args.parallel} -t {args.threads}; load {os.getloadavg()[0]:.1f}")
         times = {"service": [], "plain": []}
@@ -115,7 +117,7 @@ def main() -> None:
             tokens_s = asyncio.run(via_service(serve.address, items, sampling))
             times["service"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            tokens_p = asyncio.run(plain(llama.url, payloads))
+            tokens_p = asyncio.run(plain(llama.url, payloads, engine.tokenizer))
             times["plain"].append(time.perf_counter() - start)
             print(f"run {run + 1}: service {times['service'][-1]:.2f} s ({tokens_s} tokens), "
                   f"plain {times['plain'][-1]:.2f} s ({tokens_p} tokens)")

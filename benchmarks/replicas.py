@@ -97,7 +97,8 @@ def main() -> None:
 
         def call(i: int) -> None:
             t = tasks[order[i]]
-            request = score_request(t.query, list(t.responses), k=args.k, max_new_tokens=args.max_new_tokens, seed=order[i])
+            request = score_request(t.query, list(t.responses), k=args.k, max_new_tokens=args.max_new_tokens,
+                                    seed=order[i])
             try:
                 reply, info = stub.Score.with_call(request, timeout=300)
                 replica = dict(info.trailing_metadata() or ()).get(REPLICA_HEADER, "?")

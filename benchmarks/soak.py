@@ -69,7 +69,9 @@ def rss_mb(pid: int) -> float:
 
 def start_server(redis_url: str, max_calls: int = 0) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "grm_cli", "serve", "--model", str(default_model_path()), "--port", "0",
-           "--redis-url", redis_url, "--metrics-port", "-1", "--grace", "30", "--max-calls-per-caller", str(max_calls)]
+           "--redis-url", redis_url, "--metrics-port", "-1", "--grace", "30", "--max-calls-per-caller", str(max_calls),
+           # bounded caches fill during the warm-up, so RSS growth after it would be a leak
+           "--prefix-cache-mb", "32"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     address = None
     for line in proc.stdout:
@@ -220,16 +222,21 @@ async def main_async(args) -> int:
             print(f"serving with --max-calls-per-caller {max_calls}", flush=True)
             print(f"capacity {capacity:.2f} calls/s; RSS after warm-up {rss_start:.0f} MB", flush=True)
             last_rss = [rss_start]
+            trace: list[tuple[float, float]] = []  # (seconds into the load, RSS MB)
+            began = time.monotonic()
 
             async def watch_rss():
                 while proc.poll() is None:
                     last_rss[0] = rss_mb(proc.pid)
+                    trace.append((time.monotonic() - began, last_rss[0]))
                     await asyncio.sleep(1)
             watcher = asyncio.create_task(watch_rss())
             log, sigterm_at = await drive(args, client, 2 * capacity, redis, proc, rng, address)
             exit_code = await asyncio.to_thread(proc.wait, 60)
             watcher.cancel()
             await client.close()
+            marks = [trace[min(len(trace) - 1, int(q * len(trace)))] for q in (0.25, 0.5, 0.75)] if trace else []
+            print("RSS during the load: " + ", ".join(f"{t:.0f} s {mb:.0f} MB" for t, mb in marks))
             return report(log, sigterm_at, rss_start, last_rss[0], exit_code, capacity)
         finally:
             if proc.poll() is None:

@@ -116,18 +116,24 @@ class GenerativeRewardModel:
 
     @classmethod
     def load(cls, path: str, *, meta_rm: str | None = None, template: str | JudgeTemplate | None = None,
-             device: str | None = None, engine: GenerationEngine | None = None) -> "GenerativeRewardModel":
+             device: str | None = None, engine: GenerationEngine | None = None,
+             prefix_cache_mb: float = 512) -> "GenerativeRewardModel":
         """Load a Hugging Face causal LM (local path or hub id) and, optionally, a meta RM.
 
         The template is, in order: the one given; the one the checkpoint was trained with
         (``grm_template.json`` beside its weights, see ``save_template``); the default.
         ``engine`` samples instead of the checkpoint's weights in-process (a remote server
-        serving them); the checkpoint then gives only the template.
+        serving them); the checkpoint then gives only the template. ``prefix_cache_mb`` bounds
+        the in-process engine's prefix cache (``grm.prefix_cache``); 0 turns it off.
         """
         from grm.meta_rm import MetaRewardModel  # torch: importing grm stays light
+        from grm.prefix_cache import PrefixCacheConfig
         from grm.transformers_engine import TransformersEngine
 
-        engine = engine or TransformersEngine.load(path, device=device)
+        if prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be >= 0 (0 = off), got {prefix_cache_mb}")
+        cache = PrefixCacheConfig(max_bytes=int(prefix_cache_mb * 2**20)) if prefix_cache_mb else None
+        engine = engine or TransformersEngine.load(path, device=device, prefix_cache=cache)
         if isinstance(template, str):
             template = load_template(template)
         if template is None and (Path(path) / CHECKPOINT_TEMPLATE).is_file():

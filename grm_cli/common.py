@@ -79,7 +79,8 @@ def judge_loader(args: argparse.Namespace) -> Callable[[], GenerativeRewardModel
         say(f"loading {path} ...")
         judge = GenerativeRewardModel.load(path, meta_rm=str(meta) if meta else None,
                                            template=getattr(args, "template", None),
-                                           device=getattr(args, "device", None))
+                                           device=getattr(args, "device", None),
+                                           prefix_cache_mb=getattr(args, "prefix_cache_mb", 512))
         say(f"loaded {path} in {time.perf_counter() - start:.1f} s")
         return judge
     return load

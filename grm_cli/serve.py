@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_engine_args(p)
     p.add_argument("--template", help="judge template name or JSON path (default: the checkpoint's own)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--prefix-cache-mb", type=float, default=512,
+                   help="memory for prompt prefixes kept across calls (template head, shared conversations); "
+                        "0 turns it off (default 512)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: CPUs - 1, leaving a core to gRPC and tokenization)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")

@@ -4,7 +4,7 @@
 #
 # The result is cached by the source archive's SHA-256, so a second call is instant:
 #   scripts/build_llama_server.sh            # prints the cache folder, e.g. ~/.cache/grm/llama-cpp/<sha>
-#   $DIR/bin/llama-server                    # the server binary
+#   LD_LIBRARY_PATH=$DIR/bin $DIR/bin/llama-server   # the server binary and its libraries
 #   $DIR/src/convert_hf_to_gguf.py           # the converter `grm export-gguf` runs
 # The cache root is $GRM_HOME/llama-cpp (default ~/.cache/grm/llama-cpp). Building takes about
 # 9 minutes on 2 cores. Only the final folder path is written to stdout; progress goes to stderr.
@@ -39,7 +39,8 @@ main() {
     TREE="$(echo "$WORK"/llama_cpp_python-*/vendor/llama.cpp)"
     echo "building llama-server from $TREE with $JOBS jobs" >&2
     cmake -S "$TREE" -B "$TREE/build" -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release >&2
+        -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release \
+        -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON >&2  # the libraries are found beside the binary, once moved
     cmake --build "$TREE/build" --target llama-server -j "$JOBS" >&2
 
     STAGE="$WORK/out"

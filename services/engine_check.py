@@ -11,11 +11,12 @@ differs and what to do) rather than let a wrong model produce scores:
 2. ``POST /tokenize`` with a probe string (vLLM reads ``prompt``, llama.cpp ``content``;
    both are sent): the ids must equal our tokenizer's. A server without ``/tokenize`` is
    checked by vocabulary size where it reports one.
-3. ``POST /v1/completions`` with a token-id prompt, ``n=2``, one token: does the server
-   take token ids, return two choices, and send the generated ids back? A server that
-   refuses token ids is used only with ``text_prompts``.
+3. ``POST /v1/completions`` with a token-id prompt, ``n=3``, 8 tokens at temperature 1.5:
+   does the server take token ids, return three different choices (not one seed copied),
+   and send the generated ids back? A server that refuses token ids is used only with
+   ``text_prompts``; one without a working ``n`` gets one call per sample.
 4. The context per sequence: vLLM's ``max_model_len``, llama.cpp's ``/props`` ``n_ctx``
-   (per parallel slot).
+   (per parallel slot); and llama.cpp's ``total_slots``, the largest ``n`` it accepts.
 
 Example (inside a coroutine on the engine's loop)::
 
@@ -52,6 +53,7 @@ class Served:
     token_prompts: bool  # the server takes token-id prompts
     supports_n: bool  # one call with n returns n choices
     returns_ids: bool  # replies carry the generated token ids
+    max_n: int | None = None  # the largest n one call may ask for (llama.cpp: its parallel slots)
 
 
 async def inspect(session: aiohttp.ClientSession, pool: EnginePool, model: str | None, text_prompts: bool,
@@ -75,10 +77,11 @@ async def inspect(session: aiohttp.ClientSession, pool: EnginePool, model: str |
                                  f"{identity}: every URL must serve the same weights", endpoint.url)
     for endpoint, _ in up:
         await _check_tokenizer(session, endpoint, name, entry, tokenizer, timeout_s)
+    props = await _props(session, up[0][0], timeout_s)
+    max_n = props.get("total_slots") if isinstance(props.get("total_slots"), int) else None
     token_prompts, supports_n, returns_ids = await _probe_completions(session, up[0][0], name, tokenizer,
-                                                                      text_prompts, timeout_s)
-    return Served(name, identity, await _context(session, up[0][0], entry, timeout_s), token_prompts,
-                  supports_n, returns_ids)
+                                                                      text_prompts, min(3, max_n or 3), timeout_s)
+    return Served(name, identity, _context(entry, props), token_prompts, supports_n, returns_ids, max_n)
 
 
 async def _get(session: aiohttp.ClientSession, url: str, timeout_s: float) -> tuple[int, Any]:
@@ -122,7 +125,11 @@ def _choose(endpoint: Endpoint, models: list[dict], wanted: str | None) -> tuple
 
 
 def _identity(entry: dict) -> dict:
-    return {k: v for k, v in entry.items() if k not in _VOLATILE}
+    """The entry minus what changes with the server's settings rather than its weights."""
+    out = {k: v for k, v in entry.items() if k not in _VOLATILE}
+    if isinstance(out.get("meta"), dict):  # llama.cpp: n_ctx is the slot size (-c / -np)
+        out["meta"] = {k: v for k, v in out["meta"].items() if k != "n_ctx"}
+    return out
 
 
 async def _check_tokenizer(session: aiohttp.ClientSession, endpoint: Endpoint, name: str, entry: dict,
@@ -147,10 +154,12 @@ async def _check_tokenizer(session: aiohttp.ClientSession, endpoint: Endpoint, n
 
 
 async def _probe_completions(session: aiohttp.ClientSession, endpoint: Endpoint, name: str, tokenizer: Any,
-                             text_prompts: bool, timeout_s: float) -> tuple[bool, bool, bool]:
+                             text_prompts: bool, n: int, timeout_s: float) -> tuple[bool, bool, bool]:
     """(token-id prompts accepted, n honoured, generated ids returned)."""
     ids = tokenizer("Hello", add_special_tokens=True).input_ids
-    body = {"model": name, "prompt": ids, "n": 2, "max_tokens": 1, "temperature": 1.0, "seed": 1,
+    # n=3 at a high temperature: a server that honours n returns 3 choices, and 3 independent
+    # samples of 8 tokens are never all equal; a server that seeds every choice alike returns copies.
+    body = {"model": name, "prompt": ids, "n": n, "max_tokens": 8, "temperature": 1.5, "seed": 1,
             "return_token_ids": True, "return_tokens": True}
     status, reply = await _post(session, endpoint.url + "/v1/completions", body, timeout_s)
     token_prompts = status == 200
@@ -170,16 +179,22 @@ async def _probe_completions(session: aiohttp.ClientSession, endpoint: Endpoint,
         raise EngineUnavailable(f"{endpoint.url}/v1/completions answered without choices: {str(reply)[:200]}",
                                 endpoint.url)
     returns_ids = any(isinstance(c.get(f), list) for c in choices for f in ("token_ids", "tokens"))
-    return token_prompts, len(choices) == 2, returns_ids
+    distinct = {str(c.get("text")) for c in choices if isinstance(c, dict)}
+    return token_prompts, n > 1 and len(choices) == n and len(distinct) > 1, returns_ids
 
 
-async def _context(session: aiohttp.ClientSession, endpoint: Endpoint, entry: dict, timeout_s: float) -> int | None:
-    if isinstance(entry.get("max_model_len"), int):  # vLLM, SGLang
-        return entry["max_model_len"]
-    try:  # llama.cpp: the context of one parallel slot
+async def _props(session: aiohttp.ClientSession, endpoint: Endpoint, timeout_s: float) -> dict:
+    """llama.cpp's ``/props`` (its slots and their context); {} where a server has none."""
+    try:
         status, props = await _get(session, endpoint.url + "/props", timeout_s)
     except aiohttp.ClientError:
-        return None
-    settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+        return {}
+    return props if status == 200 and isinstance(props, dict) else {}
+
+
+def _context(entry: dict, props: dict) -> int | None:
+    if isinstance(entry.get("max_model_len"), int):  # vLLM, SGLang
+        return entry["max_model_len"]
+    settings = props.get("default_generation_settings")  # llama.cpp: the context of one slot
     n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
-    return n_ctx if status == 200 and isinstance(n_ctx, int) and n_ctx > 0 else None
+    return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None

@@ -6,8 +6,9 @@ miss the cache, and without this both would run the engine. ``ReplicaLease.run(k
 asks Redis for ``key + ":lease"`` with ``SET NX PX``:
 
 - the replica that gets it reads ``read()`` once more (the previous holder may have stored
-  its result and released the lease just after this replica's cache miss), then runs ``compute()`` (which stores the result in the shared
-  cache before returning), renewing the lease every third of its lifetime, and deletes it
+  its result and released the lease just after this replica's cache miss), then runs
+  ``compute()`` (which stores the result in the shared cache before returning), renewing
+  the lease every third of its lifetime, and deletes it
   after; only its own lease (compare-and-delete in one Lua call, so a lease that expired
   and went to another replica is never deleted by the old holder);
 - the others poll ``read()`` (the shared cache) until the result lands, backing off from

@@ -168,9 +168,14 @@ class RemoteEngine:
         return self._thread.run(_all([self._sample(r, at) for r in requests]))
 
     async def _sample(self, request: GenerationRequest, at: float) -> list[Completion]:
-        if request.n == 1 or self.served.supports_n:
-            return await self._complete(request, request.n, request.seed if request.n > 1 else mix_seed(request.seed, 0), at)
-        parts = await _all([self._complete(request, 1, mix_seed(request.seed, i), at) for i in range(request.n)])
+        """The n samples in calls of at most ``max_n`` (1 where the server has no working ``n``).
+        A call for all n uses the request's seed; a part starting at sample i uses (seed, i)."""
+        size = (self.served.max_n or request.n) if self.served.supports_n else 1
+        starts = range(0, request.n, size)
+        parts = await _all([
+            self._complete(request, min(size, request.n - i),
+                           request.seed if size >= request.n > 1 else mix_seed(request.seed, i), at)
+            for i in starts])
         return [c for part in parts for c in part]
 
     def payload(self, request: GenerationRequest, n: int, seed: int) -> dict[str, Any]:

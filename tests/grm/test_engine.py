@@ -105,7 +105,8 @@ def test_prefills_each_prompt_once(llama):
     finally:
         hook.remove()
     assert sum(fed) == (len(prompt) - 1) + n * m  # num_return_sequences would feed n * L + n * (m - 1)
-    assert no_eos.stats == {"prefill_tokens": len(prompt) - 1, "generated_tokens": n * m, "calls": 1}
+    assert no_eos.stats == {"prefill_tokens": len(prompt) - 1, "generated_tokens": n * m, "calls": 1,
+                            "abandoned_rows": 0}
 
 
 def test_same_seed_same_samples_other_seed_other_samples(llama):

@@ -58,7 +58,8 @@ class LlamaServer:
 
     def __init__(self, gguf: Path, *, parallel: int = 4, slot_context: int = 2048, threads: int = 1,
                  alias: str = "grm", port: int | None = None, binary: Path | None = None):
-        self.gguf, self.parallel, self.slot_context, self.threads, self.alias = gguf, parallel, slot_context, threads, alias
+        self.gguf, self.parallel, self.slot_context = gguf, parallel, slot_context
+        self.threads, self.alias = threads, alias
         self.port = port or free_port()
         self.binary = binary or llama_cpp_dir() / "bin" / "llama-server"
         self.proc: subprocess.Popen | None = None
@@ -74,7 +75,8 @@ class LlamaServer:
                 "--alias", self.alias, "--no-webui"]
 
     def start(self, timeout_s: float = 60.0) -> "LlamaServer":
-        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
+        env = {**os.environ, "LD_LIBRARY_PATH": str(self.binary.parent)}  # its shared libraries sit beside it
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

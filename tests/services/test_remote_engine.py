@@ -74,7 +74,9 @@ def test_greedy_judgments_match_the_in_process_engine(remote_judge):
     same_text = sum(a.judgments[0].text == b.judgments[0].text for a, b in zip(ours, theirs))
     same_scores = sum(a.judgments[0].scores == b.judgments[0].scores for a, b in zip(ours, theirs))
     print(f"greedy, 50 prompts: {same_text} identical texts, {same_scores} identical parsed scores")
-    assert same_scores >= 48, (same_text, same_scores)  # >= 95%: llama.cpp's f32 kernels sum in another order
+    # Measured here: 50 of 50 texts identical. The bound leaves room for llama.cpp's f32 kernels,
+    # which sum in another order, to flip a near-tie on another CPU (>= 95% as the issue allows).
+    assert same_text >= 48 and same_scores >= 48, (same_text, same_scores)
 
 
 def test_k_samples_per_prompt_and_cut_samples(remote_judge):

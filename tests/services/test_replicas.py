@@ -189,3 +189,21 @@ def test_a_single_dead_target_is_still_unavailable():
         with pytest.raises(grpc.RpcError) as e:
             client.score(QUERY, RESPONSES, **FAST)
     assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_the_holder_writes_its_result_when_the_cache_dropped_it(redis_server):
+    from services.proto.grm.v1 import reward_pb2 as pb
+
+    msg = pb.ScoreResult(num_valid=2)
+    lease = ReplicaLease(redis_server.url, result_ttl_s=60)
+
+    async def go():
+        try:
+            missing = await lease.read_result("grm:test:key")
+            await lease.keep_result("grm:test:key", msg)  # nothing there yet: written here
+            return missing, await lease.read_result("grm:test:key")
+        finally:
+            await lease.close()
+    missing, found = asyncio.run(go())
+    assert missing is None and found.num_valid == 2 and found.from_cache
+    assert 0 < redis_server.client().ttl("grm:test:key") <= 60

@@ -19,6 +19,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from grm.types import ScoreInput
 from service_helpers import CONFIG, FAST, QUERY, RESPONSES, ServeProcess
 from services.admission import Admission, AdmissionConfig, Refused
 from services.cache import MemoryCache
@@ -169,14 +170,15 @@ def test_a_per_token_limit_holds_while_another_token_is_served(judge, pki):
     slow = dict(k=8, max_new_tokens=64, cache_policy="bypass")
     outcomes: dict[str, object] = {}
 
-    def call(name: str, token: str, seed: int) -> None:
+    def call(name: str, token: str, seed: int, items: int = 1) -> None:
         with RewardClient(bg.address, retry=ONCE, token=token) as client:
-            try:
-                outcomes[name] = client.score(QUERY, RESPONSES, seed=seed, **slow)
+            try:  # a batch of several inputs keeps the first call in progress long enough
+                batch = [ScoreInput(f"{QUERY} ({seed}, {i})", RESPONSES) for i in range(items)]
+                outcomes[name] = client.score_batch(batch, seed=seed, **slow)
             except grpc.RpcError as e:
                 outcomes[name] = e
     try:
-        first = threading.Thread(target=call, args=("a1", TOKEN_A, 1))
+        first = threading.Thread(target=call, args=("a1", TOKEN_A, 1, 8))
         first.start()
         time.sleep(0.3)  # a1 is in progress
         call("a2", TOKEN_A, 2)
