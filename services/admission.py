@@ -41,6 +41,9 @@ class AdmissionConfig:
         return self.max_calls_per_caller > 0 or self.calls_per_s > 0
 
 
+MAX_BUCKETS = 10_000  # past this many callers, buckets that have refilled are dropped (they start full anyway)
+
+
 class Refused(Exception):
     """A caller over its budget; ``retry_after_s`` says when to come back."""
 
@@ -71,6 +74,9 @@ class Admission:
                 raise Refused(f"caller {caller!r} is over its rate of {cfg.calls_per_s:g} calls/s; retry later",
                               (1 - tokens) / cfg.calls_per_s)
             self._buckets[caller] = (tokens - 1, now)
+            if len(self._buckets) > MAX_BUCKETS:  # callers by peer address come and go: forget full buckets
+                self._buckets = {c: (t, last) for c, (t, last) in self._buckets.items()
+                                 if t + (now - last) * cfg.calls_per_s < size}
         self._calls[caller] = self._calls.get(caller, 0) + 1
 
     def leave(self, caller: str) -> None:
