@@ -77,6 +77,7 @@ class EvalRun:
     kept: list = field(default_factory=list)  # the items scored
     sampled: list[ScoreResult] = field(default_factory=list)  # S samples each
     greedy: list[ScoreResult] = field(default_factory=list)  # one greedy judgment each
+    failed: list[Skipped] = field(default_factory=list)  # items the scorer could not score
 
 
 def load_data(spec: str, limit: int | None):
@@ -195,7 +196,7 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
     }
     if settings.adaptive != "off":
         report["adaptive"] = adaptive_report(scorer, kept, settings, log)
-    return EvalRun(report, kept, sampled, greedy)
+    return EvalRun(report, kept, sampled, greedy, failed)
 
 
 def adaptive_report(scorer: Scorer, kept, settings: EvalSettings, log=None) -> dict:

@@ -131,6 +131,15 @@ def build_tiny_meta_rm(path: str | Path, seed: int = 0, hidden: int = 64, layers
     return path
 
 
+_SHOWN = re.compile(r"\[The Begin of Response (\d+)\]\s*(.*?)\s*\[The End of Response \1\]", re.S)
+
+
+def shown_numbers(prompt: str) -> list[int]:
+    """The first integer of each response fenced in a rendered judge prompt, in the order
+    shown (5 for a response without one): what the stand-in engines score by."""
+    return [int(m.group()) if (m := re.search(r"\d+", body)) else 5 for _, body in _SHOWN.findall(prompt)]
+
+
 class NoisyRuleEngine:
     """A ``GenerationEngine`` standing in for a trained GRM where the tests need valid,
     varied judgments fast: sample i of a request scores each shown response by the first
@@ -138,7 +147,6 @@ class NoisyRuleEngine:
     (the protocol's seeding contract). It records every call's requests in ``calls``."""
 
     model_id, revision, max_context = "noisy-rule-engine", "n0", 4096
-    _SHOWN = re.compile(r"\[The Begin of Response (\d+)\]\s*(.*?)\s*\[The End of Response \1\]", re.S)
 
     def __init__(self, noise: int = 3):
         self.tokenizer = build_tokenizer()
@@ -150,8 +158,7 @@ class NoisyRuleEngine:
         out = []
         for req in requests:
             prompt = self.tokenizer.decode(list(req.prompt_ids))
-            shown = [int(m.group()) if (m := re.search(r"\d+", body)) else 5
-                     for _, body in self._SHOWN.findall(prompt)]
+            shown = shown_numbers(prompt)
             samples = []
             for i in range(req.n):
                 rng = random.Random(mix_seed(req.seed, i))

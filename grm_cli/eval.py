@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         run_ = evaluate(scorer, model, items, skipped, settings, has_meta=has_meta, log=say)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    _print_skipped([s for s in run_.report["skipped"]["lines"][len(skipped):]])
+    _print_skipped(run_.failed)
     Path(args.output).write_text(json.dumps(run_.report, indent=2) + "\n", encoding="utf-8")
     if args.judgments:
         write_judgments(args.judgments, run_.kept, run_.sampled, run_.greedy)
@@ -156,8 +156,6 @@ def _flag_names(message: str) -> str:
 
 def _print_skipped(skipped, shown: int = 10) -> None:
     for s in skipped[:shown]:
-        line, reason, detail = (s["line"], s["reason"], s["detail"]) if isinstance(s, dict) else \
-            (s.line, s.reason, s.detail)
-        say(printable(f"skipped line {line}: {reason}{': ' + detail if detail else ''}"))
+        say(printable(f"skipped line {s.line}: {s.reason}{': ' + s.detail if s.detail else ''}"))
     if len(skipped) > shown:
         say(f"... and {len(skipped) - shown} more skipped lines (all listed in the report)")

@@ -31,7 +31,7 @@ from pathlib import Path
 import grpc
 
 log = logging.getLogger(__name__)
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+LOOPBACK_NAMES = {"localhost"}  # addresses are checked by ipaddress
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,6 @@ class TokenFile:
             self._tokens = tokens
         log.info("read %d tokens from %s", len(tokens), self.path)
         return len(tokens)
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self._tokens]
 
     def identify(self, authorization: str | None) -> str | None:
         """The name of the token in an ``authorization`` value (``Bearer TOKEN``), else None."""

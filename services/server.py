@@ -203,7 +203,7 @@ async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.
     srv.private_dir = private  # the HTTP front end's unix socket folder, removed at stop
     if config.http_port is not None:
         host = address.rsplit(":", 1)[0]
-        http_host = "0.0.0.0" if host in ("[::]", "::") else host  # http.server binds IPv4
+        http_host = "0.0.0.0" if host in ("[::]", "::") else host  # the HTTP socket is IPv4 only
         target = f"unix:{private}/grpc.sock" if private else f"{loopback(host)}:{port}"
         srv.http = RewardHTTPServer(target, http_host, config.http_port, inspector=Inspector(servicer.recorder),
                                     ssl_context=config.tls.ssl_context() if config.tls else None,

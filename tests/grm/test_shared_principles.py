@@ -13,11 +13,8 @@ import re
 from grm import GenerativeRewardModel, ScoreInput
 from grm.seeds import mix_seed
 from grm.shared_principles import principles_prefix
-from grm.testing import build_tokenizer
+from grm.testing import build_tokenizer, shown_numbers
 from grm.types import Completion, SamplingOptions
-
-SHOWN = re.compile(r"\[The Begin of Response (\d+)\]\s*(.*?)\s*\[The End of Response \1\]", re.S)
-
 
 class PrinciplesEngine:
     model_id, revision, max_context = "principles-engine", "p0", 4096
@@ -31,7 +28,7 @@ class PrinciplesEngine:
         out = []
         for req in requests:
             prompt = self.tokenizer.decode(list(req.prompt_ids))
-            shown = [int(m.group()) if (m := re.search(r"\d+", body)) else 5 for _, body in SHOWN.findall(prompt)]
+            shown = shown_numbers(prompt)
             continued = prompt.rstrip().endswith("%).")
             samples = []
             for i in range(req.n):
