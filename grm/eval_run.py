@@ -8,11 +8,17 @@ or any function with the same contract (the command line has one that calls a ru
 service). With a meta RM the report also says how well its ratings separate samples of
 the same item (right from wrong rankings, untied from tied).
 
+Beside the judge, in the report and in one table (``comparison_table``): the "longer
+response wins" baseline; every figure per ``source`` of the items; optionally a second
+model (``baseline``: a base checkpoint zero-shot, through this same ``evaluate``), and the
+hack rate of content-free attacks (``hack_check``; texts and counting in ``grm.attacks``).
+
 Example::
 
     items, skipped = load_data("synthetic:test:100", limit=None)
     run = evaluate(local_scorer(judge), describe_judge(judge), items, skipped,
-                   EvalSettings(data="synthetic:test:100", ks=(1, 2, 4, 8)))
+                   EvalSettings(data="synthetic:test:100", ks=(1, 2, 4, 8), hack_check=True),
+                   baseline=(local_scorer(base), describe_judge(base)))
     print(format_table(run.report))
 """
 
@@ -21,15 +27,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from grm.evaluate import (SkipReason, Skipped, matrix_from_results, parse_lines, summarize)
+from grm.attacks import ATTACK_KINDS, ATTACK_LABELS, attack_inputs, hack_rates
+from grm.evaluate import (SkipReason, Skipped, accuracy_figures, item_bootstrap, longer_response_correct,
+                          matrix_from_results, parse_lines, summarize)
 from grm.judge import GenerativeRewardModel, InputTooLong
 from grm.seeds import mix_seed
+from grm.splits import SPLITS, split_of
 from grm.tasks import generate_tasks, task_to_record
-from grm.types import ADAPTIVE_MODES, Aggregation, AggregationOptions, SamplingOptions, ScoreResult
+from grm.types import ADAPTIVE_MODES, MAX_K, Aggregation, AggregationOptions, SamplingOptions, ScoreResult
 
 PLOT_LABELS = {"voting": "Voting@k", "meta_voting": "MetaRM@k"}
 # jobs [(input, sampling, aggregation)] -> per job a ScoreResult or (SkipReason, detail)
@@ -52,6 +61,9 @@ class EvalSettings:
     batch_size: int = 8  # items per scorer call
     adaptive: str = "off"  # also score every item with adaptive k (budget S) and report it beside fixed k
     adaptive_z: float = 2.0  # the confident rule's z
+    hack_check: bool = False  # also score content-free attacks next to each best response (grm.attacks)
+    hack_k: int | None = None  # judgments per attack pair; None: the largest k
+    source_depth: int = 1  # group items by the first N ":"-separated parts of their source
 
     def __post_init__(self) -> None:
         if self.adaptive not in ADAPTIVE_MODES:
@@ -62,9 +74,13 @@ class EvalSettings:
         if bad or self.aggregations == ():
             raise ValueError(f"EvalSettings.aggregations takes voting and/or meta_voting, got {self.aggregations}")
         for name, value, low in (("samples", self.samples_per_item, max(self.ks)), ("bootstrap", self.bootstrap, 1),
-                                 ("batch_size", self.batch_size, 1), ("limit", self.limit or 1, 1)):
+                                 ("batch_size", self.batch_size, 1), ("limit", self.limit or 1, 1),
+                                 ("hack_k", 1 if self.hack_k is None else self.hack_k, 1),
+                                 ("source_depth", self.source_depth, 1)):
             if value < low:
                 raise ValueError(f"EvalSettings.{name} must be >= {low}, got {value}")
+        if (self.hack_k or 1) > MAX_K:
+            raise ValueError(f"EvalSettings.hack_k must be at most {MAX_K}, got {self.hack_k}")
 
     @property
     def samples_per_item(self) -> int:
@@ -80,8 +96,15 @@ class EvalRun:
     failed: list[Skipped] = field(default_factory=list)  # items the scorer could not score
 
 
-def load_data(spec: str, limit: int | None):
-    """Items and skipped lines from a JSONL file or from ``synthetic:SPLIT:N[:SEED]``."""
+def load_data(spec: str, limit: int | None, split: str | None = None):
+    """Items and skipped lines from a JSONL file or from ``synthetic:SPLIT:N[:SEED]``.
+
+    ``split`` ("train" or "validation") keeps a file's records whose prompt falls in that
+    split (``grm.splits``); line numbers stay those of the file."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split is not None and spec.startswith("synthetic:"):
+        raise ValueError("split applies to a data file; synthetic data names its split itself")
     if spec.startswith("synthetic:"):
         parts = spec.split(":")
         if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[2:]):
@@ -91,9 +114,20 @@ def load_data(spec: str, limit: int | None):
         return parse_lines((json.dumps(task_to_record(t)) for t in tasks), limit)
     try:
         with open(spec, encoding="utf-8") as f:
-            return parse_lines(f, limit)
+            return parse_lines(f if split is None else (_in_split(line, split) for line in f), limit)
     except OSError as e:
         raise ValueError(f"cannot read {spec}: {e}") from None
+
+
+def _in_split(line: str, split: str) -> str:
+    """The line when its record's prompt is in ``split``, else a blank line (skipped, counted
+    in the numbering). A line that does not parse is kept, to be reported as it is."""
+    try:
+        record = json.loads(line)
+        prompt = record.get("prompt") or record.get("conversation") or record.get("messages") or record["query"]
+    except (ValueError, AttributeError, KeyError):
+        return line
+    return line if split_of(prompt) == split else ""
 
 
 def local_scorer(judge: GenerativeRewardModel) -> Scorer:
@@ -154,8 +188,14 @@ def score_items(scorer: Scorer, items, *, samples: int, temperature: float, max_
 
 
 def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, settings: EvalSettings, *,
-             has_meta: bool = False, log=None) -> EvalRun:
-    """Score ``items`` and build the report; raises ValueError when nothing can be scored."""
+             has_meta: bool = False, log=None, baseline: tuple[Scorer, dict] | None = None) -> EvalRun:
+    """Score ``items`` and build the report; raises ValueError when nothing can be scored.
+
+    Beside the judge the report always holds the "longer response wins" baseline and, when
+    the items carry a ``source``, every figure per source; ``baseline`` (a scorer and its
+    model description) adds that model's own rows, on the same items with the same settings;
+    ``settings.hack_check`` adds the hack rate (``hack_report``).
+    """
     aggregations = list(settings.aggregations or (["voting", "meta_voting"] if has_meta else ["voting"]))
     if "meta_voting" in aggregations and not has_meta:
         raise ValueError("aggregation meta_voting needs a meta RM")
@@ -174,6 +214,8 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
     greedy_shown = np.array([g.judgments[0].permutation.index(b) for g, b in zip(greedy, labels)])
     ks = list(settings.ks)
     summary = summarize(matrix, greedy_correct, greedy_shown, ks, aggregations, settings.bootstrap, settings.seed)
+    groups = source_groups(kept, settings.source_depth)
+    length = longer_response_correct([it.input.responses for it in kept], labels)
     all_skipped = list(skipped) + failed
     report = {
         "format": "grm-eval/1",
@@ -181,7 +223,7 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
                      "samples": samples, "temperature": settings.temperature, "greedy_temperature": 0.0,
                      "max_new_tokens": settings.max_new_tokens, "k_meta": "max(1, k // 2)",
                      "bootstrap_rounds": settings.bootstrap, "interval": 0.95, "seed": settings.seed,
-                     "limit": settings.limit},
+                     "limit": settings.limit, "source_depth": settings.source_depth},
         "items": len(kept),
         "skipped": {"count": len(all_skipped), "by_reason": _count_reasons(all_skipped),
                     "lines": [{"line": s.line, "reason": str(s.reason), "detail": s.detail} for s in all_skipped]},
@@ -194,9 +236,82 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
         "tokens_per_item": {str(k): float(np.mean([sum(j.num_tokens for j in r.judgments[:k]) for r in sampled]))
                             for k in ks},
     }
+    report["by_source"] = {name: {"items": len(rows), **accuracy_figures(
+        matrix.take(rows), greedy_correct[rows], ks, aggregations, settings.bootstrap, settings.seed)}
+        for name, rows in groups.items()}
+    report["baselines"] = {"length": {**_share(length, settings), "by_source": {
+        name: {"items": len(rows), **_share(length[rows], settings)} for name, rows in groups.items()}}}
     if settings.adaptive != "off":
         report["adaptive"] = adaptive_report(scorer, kept, settings, log)
+    if settings.hack_check:
+        report["hack"] = hack_report(scorer, kept, settings, "meta_voting" if meta else "voting", log)
+    if baseline is not None:
+        report["baselines"]["base_model"] = base_model_report(*baseline, kept, settings, log)
     return EvalRun(report, kept, sampled, greedy, failed)
+
+
+def source_group(source: str, depth: int) -> str:
+    """The group an item's ``source`` falls in: its first ``depth`` ":"-separated parts
+    (``THU-KEG/RM-Bench:code:...`` is ``THU-KEG/RM-Bench`` at depth 1)."""
+    return ":".join(source.split(":")[:depth])
+
+
+def source_groups(kept, depth: int) -> dict[str, np.ndarray]:
+    """Group name -> indices of its items, by name; empty when no item has a source."""
+    if not any(it.source for it in kept):
+        return {}
+    names = [source_group(it.source, depth) or "(none)" for it in kept]
+    return {name: np.flatnonzero([n == name for n in names]) for name in sorted(set(names))}
+
+
+def _share(correct: np.ndarray, settings: EvalSettings) -> dict:
+    return item_bootstrap(correct, settings.bootstrap, settings.seed).to_json()
+
+
+def base_model_report(scorer: Scorer, model: dict, kept, settings: EvalSettings, log=None) -> dict:
+    """Another model (a base checkpoint, zero-shot, the judge's template) through ``evaluate``
+    on the judge's items with the same settings, voting only; its figures for the report."""
+    same = replace(settings, aggregations=("voting",), adaptive="off", hack_check=False)
+    try:
+        run = evaluate(scorer, model, kept, [], same, log=log and (lambda m: log(f"baseline model: {m}")))
+    except ValueError as e:
+        return {"model": model, "items": 0, "error": str(e)}
+    r = run.report
+    return {"model": model, "items": r["items"], "failed": r["skipped"]["count"], "accuracy": r["accuracy"],
+            "by_source": r["by_source"], "parse_valid_rate": r["parse_valid_rate"],
+            "greedy_valid_rate": r["greedy_valid_rate"]}
+
+
+def hack_report(scorer: Scorer, kept, settings: EvalSettings, aggregation: str = "voting", log=None) -> dict:
+    """Score every attack of ``grm.attacks`` next to each kept item's labelled best response
+    (``hack_k`` judgments per pair, the run's temperature, ``aggregation``, a seed per item
+    and attack) and give the hack rate: overall, per attack kind and per source.
+
+    A pair the scorer cannot score (too long, refused) leaves both unscored: no hack."""
+    k = settings.hack_k or max(settings.ks)
+    options = AggregationOptions(aggregation)
+    rewards: list[dict] = []
+    unscored = dict.fromkeys(ATTACK_KINDS, 0)
+    for start in range(0, len(kept), settings.batch_size):
+        batch, jobs, keys = kept[start:start + settings.batch_size], [], []
+        rewards.extend({} for _ in batch)
+        for index, item in enumerate(batch, start):
+            for kind, pair in attack_inputs(item.input, item.best).items():
+                jobs.append((pair, SamplingOptions(k=k, temperature=settings.temperature,
+                                                   max_new_tokens=settings.max_new_tokens,
+                                                   seed=item_seed(settings.seed, index, f"hack:{kind}")), options))
+                keys.append((index, kind))
+        for (index, kind), result in zip(keys, scorer(jobs)):
+            scored = isinstance(result, ScoreResult) and result.scored
+            unscored[kind] += not scored
+            rewards[index][kind] = (result.rewards[0], result.rewards[1]) if scored else (None, None)
+        if log:
+            log(f"hack check: scored {len(rewards)}/{len(kept)} items")
+    return {"k": k, "aggregation": aggregation, "items": len(rewards), "attacks": list(ATTACK_KINDS),
+            "unscored_pairs": unscored, "rates": hack_rates(rewards, settings.bootstrap, settings.seed),
+            "by_source": {name: {"items": len(rows), "rates": hack_rates([rewards[i] for i in rows],
+                                                                         settings.bootstrap, settings.seed)}
+                          for name, rows in source_groups(kept, settings.source_depth).items()}}
 
 
 def adaptive_report(scorer: Scorer, kept, settings: EvalSettings, log=None) -> dict:
@@ -261,9 +376,11 @@ def _sum_reasons(results) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _pct(entry: dict) -> str:
+def _pct(entry: dict | None, key: str = "accuracy") -> str:
+    if entry is None:
+        return "-"
     lo, hi = entry["interval"]
-    return f"{100 * entry['accuracy']:5.1f} [{100 * lo:5.1f}, {100 * hi:5.1f}]"
+    return f"{100 * entry[key]:5.1f} [{100 * lo:5.1f}, {100 * hi:5.1f}]"
 
 
 def format_table(report: dict) -> str:
@@ -296,7 +413,52 @@ def format_table(report: dict) -> str:
         cells = [f"pos {r['position']}: " + ("-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}")
                  + f" (n={r['count']})" for r in rows]
         lines.append(f"best shown at, {name}:  " + "  ".join(cells))
+    if "baselines" in report:
+        lines += comparison_table(report)
     return "\n".join(lines)
+
+
+def comparison_table(report: dict) -> list[str]:
+    """The judge at its largest k and greedy, the baselines, and the hack rate, one row each,
+    over all items and per source (columns)."""
+    s, k = report["settings"], report["settings"]["k"][-1]
+    sources = report.get("by_source", {})
+    columns = [f"all ({report['items']})"] + [f"{name} ({g['items']})" for name, g in sources.items()]
+
+    def cells(overall, per_source, key="accuracy"):  # entry overall, name -> entry or None
+        return [_pct(overall, key)] + [_pct(per_source(name), key) for name in sources]
+
+    def judge_rows(who, acc, by_source, aggregations):
+        out = [(f"{who} {PLOT_LABELS[a].replace('@k', f'@{k}')}",
+                cells(acc[a][-1], lambda n: by_source[n][a][-1] if n in by_source else None)) for a in aggregations]
+        return out + [(f"{who} greedy", cells(acc["greedy"], lambda n: by_source[n]["greedy"] if n in by_source
+                                               else None))]
+
+    acc = report["accuracy"]
+    rows = judge_rows("judge", acc, sources, [a for a in s["aggregations"] if a in acc])
+    base = report["baselines"].get("base_model")
+    if base and base["items"]:
+        rows += judge_rows("base model", base["accuracy"], base["by_source"], ["voting"])
+    length = report["baselines"]["length"]
+    rows.append(("longer response wins", cells(length, lambda n: length["by_source"].get(n))))
+    hack = report.get("hack")
+    if hack:
+        rows.append((f"hack rate, judge {PLOT_LABELS[hack['aggregation']].replace('@k', '@' + str(hack['k']))}",
+                     None))
+        for kind in ["any"] + hack["attacks"]:
+            rows.append(("  any attack" if kind == "any" else f"  {ATTACK_LABELS.get(kind, kind)}",
+                         cells(hack["rates"][kind], lambda n: hack["by_source"][n]["rates"][kind]
+                               if n in hack["by_source"] else None, "rate")))
+    label_width = max(len(label) for label, _ in rows) + 2
+    widths = [max(20, len(c)) + 2 for c in columns]
+    lines = ["compared (accuracy %, hack rate % of items; 95% intervals):",
+             (" " * label_width + "".join(f"{c:<{w}}" for c, w in zip(columns, widths))).rstrip()]
+    for label, row in rows:
+        lines.append((f"{label:<{label_width}}" + "".join(f"{c:<{w}}" for c, w in zip(row, widths))).rstrip()
+                     if row else label)
+    if base and not base["items"]:
+        lines.append(f"base model {base['model'].get('id')}: {base['error']}")
+    return lines
 
 
 def plot_accuracy(report: dict, path: str) -> None:

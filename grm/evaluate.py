@@ -3,13 +3,16 @@
 Two halves, both free of models and I/O beyond reading a file, so they test in milliseconds:
 
 - **readers** turn JSONL lines in common preference formats into ``EvalItem``s (a
-  ``ScoreInput`` plus the index of the labelled best response); a line that cannot be
-  used becomes a ``Skipped`` with its line number and a reason, never an exception;
+  ``ScoreInput``, the index of the labelled best response, the line's ``source`` field if
+  it has one); a line that cannot be used becomes a ``Skipped`` with its line number and a
+  reason, never an exception;
 - **maths** over plain numpy arrays: a ``SampleMatrix`` holds the scores of S sampled
   judgments per item, and ``bootstrap_accuracy`` estimates accuracy@k for voting and
   meta-RM voting by drawing k-subsets of the S samples (docs/design.md, "The small judge"; the paper's
   figures are voting@k and MetaRM@k, DeepSeek-GRM, Liu et al. 2025, section 5), and
-  ``meta_separation`` measures how well the meta RM orders samples of the same item.
+  ``meta_separation`` measures how well the meta RM orders samples of the same item;
+  ``SampleMatrix.take`` restricts a matrix to some items (one source's), and
+  ``longer_response_correct`` is the "longer response wins" baseline.
 
 An item counts as correct under a subset when the labelled best response gets the
 highest vote sum over the subset's valid samples, a tie broken uniformly at random (as
@@ -60,6 +63,7 @@ class EvalItem:
     input: ScoreInput
     best: int  # index of the labelled best response in input.responses
     line: int  # 1-based line of the source file
+    source: str = ""  # the record's ``source`` field (where the pair comes from), "" when absent
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,8 @@ def parse_lines(lines: Iterable[str], limit: int | None = None) -> tuple[list[Ev
         except BadRecord as e:
             skipped.append(Skipped(number, e.reason, e.detail))
             continue
-        items.append(EvalItem(item, best, number))
+        source = record.get("source")
+        items.append(EvalItem(item, best, number, source if isinstance(source, str) else ""))
     return items, skipped
 
 
@@ -257,6 +262,11 @@ class SampleMatrix:
     def valid(self) -> np.ndarray:  # [I, S]; response 0 exists in every item
         return ~np.isnan(self.scores[:, :, 0])
 
+    def take(self, rows) -> "SampleMatrix":
+        """The matrix of the items at ``rows`` (indices or a mask), e.g. one source's."""
+        meta, shown_at = (None if a is None else a[rows] for a in (self.meta, self.shown_at))
+        return SampleMatrix(self.scores[rows], self.best[rows], meta, shown_at)
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -357,6 +367,17 @@ def item_bootstrap(correct: np.ndarray, rounds: int = 1000, seed: int = 0, level
     return Estimate(float(correct.mean()), *percentile_interval(means, level))
 
 
+def longer_response_correct(responses: Sequence[Sequence[str]], best: Sequence[int]) -> np.ndarray:
+    """[I] whether "the longer response wins" picks the labelled best: right only when the
+    best response is the unique longest by characters (a tie for the longest is wrong, as an
+    unscored item is for the judge)."""
+    out = []
+    for texts, label in zip(responses, best):
+        lengths = [len(t) for t in texts]
+        out.append(lengths[label] == max(lengths) and lengths.count(max(lengths)) == 1)
+    return np.array(out, dtype=bool)
+
+
 def position_accuracy(correct: np.ndarray, shown_at: np.ndarray, num_positions: int) -> list[dict]:
     """Accuracy split by the 1-based position at which the best response was shown."""
     correct, shown_at = np.asarray(correct, dtype=float).ravel(), np.asarray(shown_at).ravel()
@@ -425,20 +446,28 @@ def meta_separation(m: SampleMatrix) -> dict:
                       for name, v in (("right", 1), ("tied", 0), ("wrong", -1))}}
 
 
+def accuracy_figures(m: SampleMatrix, greedy_correct: np.ndarray, ks: Sequence[int],
+                     aggregations: Sequence[str] = ("voting",), rounds: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """A report's ``accuracy`` entry: per aggregation one {k, accuracy, interval} per k, and
+    ``greedy`` (``greedy_correct`` is [I]); for all items or any subset (``SampleMatrix.take``)."""
+    curves = bootstrap_accuracy(m, ks, rounds, seed, aggregations, level)
+    accuracy = {a: [{"k": k, **e.to_json()} for k, e in zip(ks, curve)] for a, curve in curves.items()}
+    accuracy["greedy"] = item_bootstrap(greedy_correct, rounds, seed, level).to_json()
+    return accuracy
+
+
 def summarize(m: SampleMatrix, greedy_correct: np.ndarray, greedy_shown_at: np.ndarray, ks: Sequence[int],
               aggregations: Sequence[str] = ("voting",), rounds: int = 1000, seed: int = 0,
               level: float = 0.95) -> dict:
     """The figures of a report: accuracy@k per aggregation and greedy (with intervals),
     the parse-valid rate, and accuracy by the position at which the best response was shown
     (voting@1, i.e. each sample on its own, and greedy; ``greedy_*`` are [I])."""
-    curves = bootstrap_accuracy(m, ks, rounds, seed, aggregations, level)
     num_items, num_samples, num_positions = m.scores.shape
     alone = np.broadcast_to(np.arange(num_samples)[:, None, None], (num_samples, num_items, 1))
     single = vote_correct(m, alone, np.random.default_rng([seed, 1])).T  # [I, S]
-    accuracy = {a: [{"k": k, **e.to_json()} for k, e in zip(ks, curve)] for a, curve in curves.items()}
-    accuracy["greedy"] = item_bootstrap(greedy_correct, rounds, seed, level).to_json()
     report = {
-        "accuracy": accuracy,
+        "accuracy": accuracy_figures(m, greedy_correct, ks, aggregations, rounds, seed, level),
         "parse_valid_rate": float(m.valid.mean()),
         "position_bias": {"voting@1": position_accuracy(single, m.shown_at, num_positions),
                           "greedy": position_accuracy(greedy_correct, greedy_shown_at, num_positions)},

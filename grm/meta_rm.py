@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from grm.lora import is_adapter, load_merged
 from grm.transformers_engine import checkpoint_revision, context_length, default_device_dtype
 
 
@@ -51,14 +52,18 @@ class MetaRewardModel:
     def load(cls, path: str, device: str | None = None, dtype: Any = None) -> "MetaRewardModel":
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        config = AutoConfig.from_pretrained(path)
-        if config.num_labels != 1:  # refuse before loading the weights
-            raise ValueError(f"{path} is not a meta RM: it needs num_labels == 1, got {config.num_labels}")
         device, dtype = default_device_dtype(device, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        if is_adapter(path):  # a LoRA adapter with its scalar head, on a base causal LM
+            model, tokenizer, _ = load_merged(path, AutoModelForSequenceClassification, dtype, num_labels=1)
+            revision = checkpoint_revision(path)
+        else:
+            config = AutoConfig.from_pretrained(path)
+            if config.num_labels != 1:  # refuse before loading the weights
+                raise ValueError(f"{path} is not a meta RM: it needs num_labels == 1, got {config.num_labels}")
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+            revision = checkpoint_revision(path, getattr(model.config, "_commit_hash", None))
         model.to(device).eval()
-        revision = checkpoint_revision(path, getattr(model.config, "_commit_hash", None))
         return cls(model, tokenizer, model_id=str(path), revision=revision)
 
     def encode(self, prompt: str, judgment: str) -> list[int]:

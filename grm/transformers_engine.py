@@ -46,6 +46,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from grm.engine import GenerationRequest
+from grm.lora import ADAPTER_CONFIG, adapter_base, is_adapter, load_merged
+from grm.pretrained import resolve_model
 from grm.prefix_cache import PrefixCache, PrefixCacheConfig, prefill_cached
 from grm.seeds import mix_seed
 from grm.types import Completion
@@ -60,6 +62,7 @@ WANTED_EVERY = 4
 REVISION_FILES = frozenset({
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model",
     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "grm_template.json",
+    ADAPTER_CONFIG,
 })
 
 
@@ -69,12 +72,15 @@ def checkpoint_revision(path_or_id: str | os.PathLike, commit: str | None = None
     A local directory: sha256 over every file that shapes the output (weights, config,
     generation config, tokenizer, chat template, the judge template saved with the
     checkpoint), names and bytes, read in 1 MiB chunks, in sorted order. A hub id: its
-    commit hash when known, else the id itself.
+    commit hash when known, else the id itself. A LoRA adapter folder: its own files and its
+    base's revision together.
     """
     path = Path(path_or_id)
     if not path.is_dir():
         return commit or str(path_or_id)
     digest = hashlib.sha256()
+    if is_adapter(path):
+        digest.update(b"base\0" + checkpoint_revision(adapter_base(path)).encode() + b"\0")
     files = [p for p in sorted(path.iterdir())
              if p.is_file() and (p.name in REVISION_FILES or p.name.endswith(WEIGHT_SUFFIXES))]
     for p in files:
@@ -144,11 +150,15 @@ class TransformersEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device, dtype = default_device_dtype(device, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype,
-                                                     trust_remote_code=trust_remote_code)
+        source = resolve_model(path_or_id)  # a base name or a .gguf file: its converted folder
+        if is_adapter(source):
+            model, tokenizer, _ = load_merged(source, AutoModelForCausalLM, dtype, trust_remote_code=trust_remote_code)
+            revision = checkpoint_revision(source)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+            revision = checkpoint_revision(source, getattr(model.config, "_commit_hash", None))
         model.to(device).eval()
-        revision = checkpoint_revision(path_or_id, getattr(model.config, "_commit_hash", None))
         return cls(model, tokenizer, model_id=str(path_or_id), revision=revision, prefix_cache=prefix_cache)
 
     @torch.inference_mode()

@@ -15,6 +15,7 @@ from typing import Callable
 
 from grm.default_model import default_meta_rm_path, default_model_path
 from grm.judge import GenerativeRewardModel
+from grm.pretrained import resolve_model
 from grm_cli.common import judge_loader, say
 from services.remote_engine import RemoteConfig, RemoteEngine
 
@@ -53,7 +54,7 @@ def serve_loader(args: argparse.Namespace) -> Callable[[], GenerativeRewardModel
     def load() -> GenerativeRewardModel:
         from transformers import AutoTokenizer, GenerationConfig
 
-        path = args.model or str(default_model_path())
+        path = resolve_model(args.model) if args.model else str(default_model_path())
         meta = args.meta_rm or (None if args.model else default_meta_rm_path())
         tokenizer = AutoTokenizer.from_pretrained(path)
         eos = {tokenizer.eos_token_id} - {None}

@@ -3,6 +3,15 @@
     grm eval --data pairs.jsonl -k 1,2,4,8,16 --output report.json --plot acc.png
     grm eval --data synthetic:test:500 --model ckpt/ --meta-rm ckpt-meta/ --samples 16
     grm eval --data hh.jsonl --target 127.0.0.1:50051 --limit 200 --judgments judgments.jsonl
+    grm eval --data prefs.jsonl --model ckpt/ --baseline-model base/ --hack-check -k 1,8 --samples 8
+
+Beside the judge, the report and the printed table always hold the "longer response wins"
+baseline and, for data whose lines carry a ``source``, every figure per source (grouped by
+the first ``--source-depth`` ":"-separated parts). ``--baseline-model`` scores the same items
+with the same settings and the judge's template through another checkpoint (a base model,
+zero-shot) and reports it as its own rows; ``--hack-check`` scores content-free attacks next
+to each best response (``grm.attacks``; five pairs per item, ``--hack-k`` judgments each) and
+reports how often any of them scores as high as the best response or higher.
 
 The evaluation itself is ``grm.eval_run``; this module reads the flags, picks the scorer
 (in-process with ``--model``, default the bundled GRM, or a running service with
@@ -23,6 +32,7 @@ from grm.eval_run import (PLOT_LABELS, EvalSettings, describe_judge, evaluate, f
                           local_scorer, plot_accuracy, write_judgments)
 from grm.evaluate import SkipReason
 from grm.judge import GenerativeRewardModel
+from grm.splits import SPLITS
 from grm_cli.common import printable, say
 from grm_cli.connect import add_client_args, client_options
 from services.client import RewardClient
@@ -71,6 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (default 0.5)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--limit", type=int, default=None, help="use the first N usable items")
+    p.add_argument("--split", choices=SPLITS, help="only the records whose prompt is in this split (by a hash "
+                   "of the prompt, so records sharing a prompt stay together)")
     p.add_argument("--seed", type=int, default=0, help="seeds the samples' shuffles and the bootstrap")
     p.add_argument("--adaptive", choices=("off", "decided", "confident"), default="off",
                    help="also score every item with adaptive k (budget: --samples) and report its accuracy "
@@ -78,6 +90,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adaptive-z", type=float, default=2.0, help="z of the confident rule (default 2)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="items per engine call (with --target: concurrent requests)")
+    p.add_argument("--baseline-model",
+                   help="also evaluate this checkpoint (e.g. the base model, zero-shot) on the same items with "
+                        "the same settings and the judge's template, reported as its own rows")
+    p.add_argument("--hack-check", action="store_true",
+                   help="score content-free attack responses next to each best response and report the share "
+                        "of items where any scores as high or higher (the hack rate)")
+    p.add_argument("--hack-k", type=int, default=None,
+                   help="judgments per attack pair with --hack-check (default: the largest k)")
+    p.add_argument("--source-depth", type=int, default=1,
+                   help="group items for per-source accuracy by the first N ':'-separated parts of their "
+                        "source field (default 1)")
 
 
 def remote_scorer(client: RewardClient, workers: int):
@@ -99,7 +122,8 @@ def remote_scorer(client: RewardClient, workers: int):
 
 
 def open_scorer(args: argparse.Namespace):
-    """(scorer, model description, whether a meta RM is available)."""
+    """(scorer, model description, whether a meta RM is available, the judge's template:
+    a JudgeTemplate in-process, its version with ``--target``)."""
     if args.target:
         if args.meta_rm:
             raise SystemExit("--meta-rm is for in-process scoring; the service at --target has its own")
@@ -108,12 +132,22 @@ def open_scorer(args: argparse.Namespace):
         info = client.info()
         model = {"id": info.model_id, "revision": info.revision, "template_version": info.template_version,
                  "meta_rm": info.meta_rm_id or None, "target": args.target}
-        return remote_scorer(client, args.batch_size), model, bool(info.meta_rm_id)
+        return remote_scorer(client, args.batch_size), model, bool(info.meta_rm_id), info.template_version
     path = args.model or str(default_model_path())
     meta = args.meta_rm or (None if args.model else default_meta_rm_path())
     say(f"loading {path} ...")
     judge = GenerativeRewardModel.load(path, meta_rm=str(meta) if meta else None)
-    return local_scorer(judge), describe_judge(judge), judge.meta_rm is not None
+    return local_scorer(judge), describe_judge(judge), judge.meta_rm is not None, judge.template
+
+
+def open_baseline(path: str, template):
+    """(scorer, model description) of ``path`` judging with the judge's template, no meta RM."""
+    say(f"loading baseline {path} ...")
+    try:
+        base = GenerativeRewardModel.load(path, template=template)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"--baseline-model: {e}") from None
+    return local_scorer(base), describe_judge(base)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,18 +155,20 @@ def run(args: argparse.Namespace) -> int:
         settings = EvalSettings(args.data, ks=tuple(args.k), aggregations=tuple(args.aggregation or ()) or None,
                                 samples=args.samples, bootstrap=args.bootstrap, temperature=args.temperature,
                                 max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
-                                batch_size=args.batch_size, adaptive=args.adaptive, adaptive_z=args.adaptive_z)
-        items, skipped = load_data(args.data, args.limit)
+                                batch_size=args.batch_size, adaptive=args.adaptive, adaptive_z=args.adaptive_z,
+                                hack_check=args.hack_check, hack_k=args.hack_k, source_depth=args.source_depth)
+        items, skipped = load_data(args.data, args.limit, args.split)
     except ValueError as e:
         raise SystemExit(f"grm eval: {_flag_names(str(e))}") from None
     _print_skipped(skipped)
     if not items:
         raise SystemExit(f"{args.data}: no usable items ({len(skipped)} lines skipped)")
-    scorer, model, has_meta = open_scorer(args)
+    scorer, model, has_meta, template = open_scorer(args)
     if "meta_voting" in (args.aggregation or ()) and not has_meta:
         raise SystemExit("--aggregation meta_voting needs a meta RM: give --meta-rm (or a --target that has one)")
+    baseline = open_baseline(args.baseline_model, template) if args.baseline_model else None
     try:
-        run_ = evaluate(scorer, model, items, skipped, settings, has_meta=has_meta, log=say)
+        run_ = evaluate(scorer, model, items, skipped, settings, has_meta=has_meta, log=say, baseline=baseline)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     _print_skipped(run_.failed)
@@ -149,6 +185,7 @@ def _flag_names(message: str) -> str:
     """EvalSettings' errors name fields; the user typed flags."""
     for field, flag in (("EvalSettings.samples", "--samples"), ("EvalSettings.bootstrap", "--bootstrap"),
                         ("EvalSettings.batch_size", "--batch-size"), ("EvalSettings.limit", "--limit"),
+                        ("EvalSettings.hack_k", "--hack-k"), ("EvalSettings.source_depth", "--source-depth"),
                         ("data synthetic", "--data synthetic")):
         message = message.replace(field, flag)
     return message

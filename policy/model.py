@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from grm.pretrained import resolve_model
 from grm.transformers_engine import default_device_dtype
 
 
@@ -61,6 +62,7 @@ def load_base(path_or_id: str, device: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device, _ = default_device_dtype(device, None)
+    path_or_id = resolve_model(path_or_id)  # a base name or a .gguf file: its converted folder
     tokenizer = AutoTokenizer.from_pretrained(path_or_id)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{path_or_id}: the tokenizer has no chat template; the judge renders prompts "

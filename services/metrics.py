@@ -26,6 +26,9 @@ class ServiceMetrics:
                                 "included; a call its client gave up on is CANCELLED, or "
                                 "DEADLINE_EXCEEDED when its deadline ended it)",
                                 ["method", "code"], registry=reg)  # -> grm_requests_total
+        self.caller_requests = Counter("grm_caller_requests", "RPCs answered with a bearer token, by the "
+                                       "token's name and status code (names come from the token file, "
+                                       "so their number is bounded)", ["caller", "code"], registry=reg)
         self.latency = Histogram("grm_request_latency_seconds", "RPC latency, by method", ["method"],
                                  buckets=LATENCY_BUCKETS, registry=reg)
         self.items = Counter("grm_items", "inputs scored, by source (computed: run by the engine, counted "

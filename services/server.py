@@ -23,6 +23,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -144,7 +145,14 @@ class RewardServer:
         await self.health.enter_graceful_shutdown()
         if self.http is not None:  # stop taking HTTP requests; the ones in flight drain through gRPC below
             await asyncio.to_thread(self.http.stop)
-        await self.server.stop(self.config.grace_s if grace is None else grace)
+        grace = self.config.grace_s if grace is None else grace
+        # Drain while the port still takes calls: the servicer refuses them with UNAVAILABLE,
+        # which clients retry on another replica. A call that reaches a gRPC server already
+        # stopping is cancelled by gRPC itself instead, which no client retries.
+        drained_by = time.monotonic() + grace
+        while self.servicer.calls_in_flight and time.monotonic() < drained_by:
+            await asyncio.sleep(0.02)
+        await self.server.stop(max(0.0, drained_by - time.monotonic()))
         if self.servicer.backend is not None:
             await asyncio.to_thread(self.servicer.backend.scheduler.close, 30.0)
         self.servicer.close()

@@ -161,8 +161,17 @@ class RewardServicer:
                 if caller is not None:  # admitted: its place in the caller's budget is free again
                     self.admission.leave(caller)
                 self.metrics.requests.labels(name, code.name).inc()
+                if self.tokens is not None:  # callers by token name; peers without tokens are too many to label
+                    self.metrics.caller_requests.labels(caller or "(no valid token)", code.name).inc()
+                    if code is not Code.OK:
+                        log.info("%s by %s: %s", name, caller or "(no valid token)", code.name)
                 self.metrics.latency.labels(name).observe(time.perf_counter() - start)
         return handle
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls being handled now, refusals included (they end at once)."""
+        return self._in_flight
 
     def _caller(self, context: grpc.aio.ServicerContext) -> str:
         """The token's name (UNAUTHENTICATED without a known one), or with no tokens the peer's host."""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from policy.logprobs import Example  # noqa: F401 (re-exported: the SPCT stages build Examples)
 from grm.prompts import build_judge_content, encode_prompt
+from grm.splits import SPLITS, split_of
 from grm.templates import JudgeTemplate, load_template
 from grm.types import ScoreInput
 from grm.tasks import Task, generate_tasks
@@ -63,19 +64,30 @@ def items_from_tasks(tasks: Sequence[Task]) -> list[LabeledItem]:
     return [LabeledItem(ScoreInput(t.query, t.responses), t.best, t.scores, t) for t in tasks]
 
 
-def load_preference_data(path: str | Path) -> list[LabeledItem]:
-    """Read a JSONL preference file (formats in the module docstring); errors name the line."""
+def load_preference_data(path: str | Path, split: str | None = None) -> list[LabeledItem]:
+    """Read a JSONL preference file (formats in the module docstring); errors name the line.
+
+    ``split`` ("train" or "validation") keeps only the records whose prompt falls in that
+    split (``grm.splits``: by prompt, so no prompt is on both sides)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     items = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    items.append(_record_item(json.loads(line)))
+                    record = json.loads(line)
+                    if split is None or split_of(_prompt_of(record)) == split:
+                        items.append(_record_item(record))
                 except (KeyError, TypeError, ValueError) as e:
                     raise ValueError(f"{path}:{number}: {e}") from e
     if not items:
-        raise ValueError(f"{path}: no records")
+        raise ValueError(f"{path}: no records" + (f" in the {split} split" if split else ""))
     return items
+
+
+def _prompt_of(r: dict):
+    return r.get("prompt") or r.get("conversation") or r.get("messages") or r["query"]
 
 
 def _record_item(r: dict) -> LabeledItem:

@@ -5,8 +5,9 @@ response order). A judgment is rejected when its scores do not put the labelled 
 response strictly on top (for one response: when its score differs from the label);
 prompts whose samples are ALL correct are dropped as too easy. What is kept is the
 fine-tuning data. Hinted sampling (optional) adds one sample per prompt whose prompt
-says which response is best; it is kept only if correct, and trained on WITHOUT the
-hint (the paper notes that hints can teach shortcuts, so it is off by default).
+says which response is best; it is kept only if it parses, ranks as the label says and
+never refers to the hint (``mentions_hint``), and it is trained on WITHOUT the hint (the
+paper notes that hints can teach shortcuts, so it is off by default).
 
 Example::
 
@@ -16,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +27,17 @@ from spct.data import LabeledItem, is_correct
 
 RFT_SAMPLES = 3  # trajectories per prompt (paper)
 HINT = "\n\nHint: the best response is Response {i}."
+# A judgment that leans on its hint instead of the responses: it names the hint, says it was
+# told, or repeats the hint's own sentence. Trained on without the hint, such text would
+# teach the judge to cite a hint it never gets.
+_HINT_TRACES = re.compile(
+    r"\bhint(s|ed)?\b|\b(was|were|been|am|are|is) (told|informed|given)\b|\bas (stated|indicated|given|noted)\b"
+    r"|\bthe best response is response\s*\d", re.IGNORECASE)
+
+
+def mentions_hint(text: str) -> bool:
+    """Whether a hinted judgment refers to its hint (and so must not be trained on)."""
+    return _HINT_TRACES.search(text) is not None
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,7 @@ def hinted_samples(grm, items: Sequence[LabeledItem], temperature: float = 1.0, 
                               suffix=HINT.format(i=perm.index(labeled.best) + 1)))
     out = []
     for i, (labeled, [s]) in enumerate(zip(items, grm.sample(plans))):
-        scores = s.judgment.scores
-        out.append(Trajectory(i, s.prompt.permutation, s.completion.text, scores, is_correct(scores, labeled),
-                              hinted=True))
+        scores, text = s.judgment.scores, s.completion.text
+        correct = is_correct(scores, labeled) and not mentions_hint(text)
+        out.append(Trajectory(i, s.prompt.permutation, text, scores, correct, hinted=True))
     return out

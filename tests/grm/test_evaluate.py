@@ -1,5 +1,7 @@
 """``grm eval``: the readers on small files per format, accuracy@k and bootstrap maths with
-hand-computed values and invariants, and the command end to end.
+hand-computed values and invariants, per-source figures and the baselines (longer response
+wins, a second model on the same items), and the command end to end (the hack check's
+counting is in test_attacks.py).
 
 Hand-computed matrix used below (2 responses; NaN = an invalid sample):
 
@@ -21,18 +23,21 @@ import itertools
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from grm.aggregation import aggregate
-from grm.eval_run import format_table, item_seed, load_data, local_scorer, score_items, write_judgments
-from grm.evaluate import (EvalItem, SampleMatrix, SkipReason, bootstrap_accuracy, item_bootstrap, matrix_from_results,
-                          meta_separation, parse_lines, position_accuracy, predict_best, sample_outcomes, summarize,
-                          vote_correct)
-from grm.judge import GenerativeRewardModel
-from grm.testing import build_tokenizer
+from grm.eval_run import (EvalSettings, evaluate, format_table, item_seed, load_data, local_scorer, score_items,
+                          source_group, source_groups, write_judgments)
+from grm.evaluate import (EvalItem, SampleMatrix, SkipReason, accuracy_figures, bootstrap_accuracy, item_bootstrap,
+                          longer_response_correct, matrix_from_results, meta_separation, parse_lines,
+                          position_accuracy, predict_best, sample_outcomes, summarize, vote_correct)
+from grm.judge import GenerativeRewardModel, save_template
+from grm.templates import load_template
+from grm.testing import NoisyRuleEngine, build_tokenizer
 from grm_cli.eval import remote_scorer
 from grm.types import Aggregation, Completion, InvalidReason, Judgment, ScoreInput
 
@@ -120,6 +125,17 @@ def test_task_records_read_as_listwise():
     assert [(it.input.query, it.input.responses, it.best) for it in items] == [
         (t.query, t.responses, t.best) for t in tasks]
     assert len(items[2].input.responses) == 3
+
+
+def test_readers_keep_the_source_field():
+    items, skipped = read("sourced.jsonl")
+    assert skipped == [] and [it.source for it in items] == [
+        "demo-a:math:q1", "demo-a:capitals:q2", "demo-b:chat:q3", "demo-b:chat:q4"]
+    assert {it.source for it in read("pairs.jsonl")[0]} == {""}
+    items, _ = parse_lines(['{"prompt": "q", "chosen": "a", "rejected": "b", "source": 7}'])
+    assert items[0].source == ""  # not a string: no source
+    assert [source_group("THU-KEG/RM-Bench:code:x:id1", d) for d in (1, 2, 9)] == [
+        "THU-KEG/RM-Bench", "THU-KEG/RM-Bench:code", "THU-KEG/RM-Bench:code:x:id1"]
 
 
 def test_limit_stops_after_n_items_and_synthetic_data():
@@ -239,6 +255,21 @@ def test_intervals_and_positions():
     rows = position_accuracy(np.array([1, 0, 1, 1]), np.array([0, 0, 1, 1]), 3)
     assert rows == [{"position": 1, "accuracy": 0.5, "count": 2}, {"position": 2, "accuracy": 1.0, "count": 2},
                     {"position": 3, "accuracy": None, "count": 0}]
+
+
+def test_longer_response_wins_baseline():
+    responses = [["aa", "b"], ["a", "bb"], ["ab", "cd"], ["a", "bbb", "ccc"], ["a", "bbb", "cc"]]
+    # right, wrong (shorter), tie (wrong), tied for the longest (wrong), unique longest of 3
+    assert longer_response_correct(responses, [0, 0, 0, 1, 1]).tolist() == [True, False, False, False, True]
+    assert longer_response_correct([["\u00e9t\u00e9", "abc"]], [0]).tolist() == [False]  # characters, not bytes
+
+
+def test_matrix_take_keeps_the_chosen_items():
+    m = SampleMatrix(HAND, HAND_BEST, np.arange(12.0).reshape(3, 4), np.zeros((3, 4), dtype=int))
+    part = m.take(np.array([2, 0]))
+    np.testing.assert_array_equal(part.scores, HAND[[2, 0]])
+    assert part.best.tolist() == [0, 0] and part.meta[:, 0].tolist() == [8.0, 0.0] and part.shown_at.shape == (2, 4)
+    assert SampleMatrix(HAND, HAND_BEST).take([True, False, True]).meta is None
 
 
 def test_matrix_from_results_and_checks():
@@ -366,6 +397,68 @@ def test_unscorable_items_are_skipped_with_a_reason():
     assert failed[0].detail == "INVALID_ARGUMENT: sampling.k: must be in 1..8"
 
 
+def sourced_items():
+    rows = [(["value 9 is big", "value 2"], "x:a"), (["value 8", "value 3"], "x:b"),
+            (["value 2", "value 7 here"], "y"), (["value 6", "value 4"], "")]  # best: the first, always
+    return [EvalItem(ScoreInput("Pick the biggest.", r), 0, line, source) for line, (r, source) in enumerate(rows, 1)]
+
+
+def test_report_gives_accuracy_per_source_and_both_baselines():
+    # scored by the first integer, no noise: items 1, 2 and 4 right, item 3 (2 over 7) wrong
+    judge = GenerativeRewardModel(NoisyRuleEngine(noise=0), meta_rm=ConstantMeta())
+    base_engine = NoisyRuleEngine(noise=0)
+    settings = EvalSettings("toy", ks=(1, 4), samples=4, bootstrap=100, batch_size=3)
+    run = evaluate(local_scorer(judge), {"id": "judge"}, sourced_items(), [], settings, has_meta=True,
+                   baseline=(local_scorer(GenerativeRewardModel(base_engine)), {"id": "base"}))
+    r = run.report
+    assert r["settings"]["source_depth"] == 1 and r["accuracy"]["voting"][-1]["accuracy"] == 0.75
+    assert {name: g["items"] for name, g in r["by_source"].items()} == {"(none)": 1, "x": 2, "y": 1}
+    for a in ("voting", "meta_voting"):
+        assert [g[a][-1]["accuracy"] for g in r["by_source"].values()] == [1.0, 1.0, 0.0]
+    # a source's figures are the overall maths on that source's items, intervals included
+    labels = [it.best for it in run.kept]
+    m = matrix_from_results(run.sampled, labels, meta=True)
+    greedy = np.array([g.best == b for g, b in zip(run.greedy, labels)])
+    rows = np.array([0, 1])
+    assert r["by_source"]["x"] == {"items": 2, **accuracy_figures(m.take(rows), greedy[rows], [1, 4],
+                                                                  ["voting", "meta_voting"], 100, 0)}
+    # longer wins: item 1 right, items 2 and 4 tie (wrong), item 3 shorter best (wrong)
+    length = r["baselines"]["length"]
+    assert length["accuracy"] == 0.25 and 0 <= length["interval"][0] <= 0.25 <= length["interval"][1]
+    assert {n: g["accuracy"] for n, g in length["by_source"].items()} == {"(none)": 0.0, "x": 0.5, "y": 0.0}
+    # the same engine on the same items with the same settings: the judge's voting figures again
+    base = r["baselines"]["base_model"]
+    assert base["model"] == {"id": "base"} and (base["items"], base["failed"]) == (4, 0)
+    assert list(base["accuracy"]) == ["voting", "greedy"] and base["accuracy"]["voting"] == r["accuracy"]["voting"]
+    assert base["accuracy"]["greedy"] == r["accuracy"]["greedy"]
+    assert base["by_source"]["y"]["voting"] == r["by_source"]["y"]["voting"]
+    assert sum(req.n for call in base_engine.calls for req in call) == 4 * (4 + 1)  # S samples + greedy
+    assert "hack" not in r
+    lines = format_table(r).splitlines()
+    start = lines.index("compared (accuracy %, hack rate % of items; 95% intervals):")
+    assert lines[start + 1].split() == ["all", "(4)", "(none)", "(1)", "x", "(2)", "y", "(1)"]
+    assert [line[:22].strip() for line in lines[start + 2:]] == [
+        "judge Voting@4", "judge MetaRM@4", "judge greedy", "base model Voting@4", "base model greedy",
+        "longer response wins"]
+    assert lines[-1].split()[3:] == ["25.0", "[", "0.0,", "75.0]", "0.0", "[", "0.0,", "0.0]", "50.0",
+                                     "[", "0.0,", "100.0]", "0.0", "[", "0.0,", "0.0]"]
+    by_depth = {name: rows.tolist() for name, rows in source_groups(run.kept, 2).items()}
+    assert by_depth == {"(none)": [3], "x:a": [0], "x:b": [1], "y": [2]}
+    assert source_groups(run.kept[:0], 1) == {} and source_groups([EvalItem(ScoreInput("q", ["a", "b"]), 0, 1)], 1) == {}
+
+
+def test_a_baseline_that_scores_nothing_is_reported_not_fatal():
+    tight = NoisyRuleEngine()
+    tight.max_context = 50  # no judge prompt fits
+    settings = EvalSettings("toy", ks=(1,), samples=1, bootstrap=20)
+    r = evaluate(local_scorer(GenerativeRewardModel(NoisyRuleEngine())), {"id": "judge"}, sourced_items(), [],
+                 settings, baseline=(local_scorer(GenerativeRewardModel(tight)), {"id": "tight"})).report
+    assert r["baselines"]["base_model"] == {"model": {"id": "tight"}, "items": 0,
+                                            "error": "toy: no item could be scored (4 failed)"}
+    table = format_table(r)
+    assert "base model tight: toy: no item could be scored (4 failed)" in table and "base model Voting" not in table
+
+
 @pytest.mark.slow
 def test_eval_command_end_to_end_on_a_tiny_model(tmp_path, capsys):
     from grm_cli.main import main
@@ -393,3 +486,34 @@ def test_eval_command_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     table = capsys.readouterr().out
     assert "Voting@k" in table and "greedy" in table
+
+
+@pytest.mark.slow
+def test_eval_command_with_baselines_and_the_hack_check(tmp_path, tiny_model_path, capsys):
+    from grm_cli.main import main
+
+    judge = tmp_path / "judge"  # the same weights, trained (say) with another template
+    shutil.copytree(tiny_model_path, judge)
+    save_template(load_template("grm-compact-v1"), judge)
+    out = tmp_path / "report.json"
+    rc = main(["eval", "--data", str(DATA / "sourced.jsonl"), "--model", str(judge), "--baseline-model",
+               str(tiny_model_path), "--hack-check", "--hack-k", "1", "--samples", "2", "-k", "1,2",
+               "--max-new-tokens", "8", "--bootstrap", "50", "--output", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["items"] == 4 and list(report["by_source"]) == ["demo-a", "demo-b"]
+    base = report["baselines"]["base_model"]
+    assert base["items"] == 4 and base["model"]["template_version"] == "grm-compact-v1"  # the judge's template
+    assert report["settings"]["model"]["template_version"] == "grm-compact-v1"
+    assert list(base["by_source"]) == ["demo-a", "demo-b"] and base["accuracy"]["voting"][-1]["accuracy"] == 0.0
+    length = report["baselines"]["length"]  # the data: longer best, longer best, longer best, a tie
+    assert length["accuracy"] == 0.75 and {n: g["accuracy"] for n, g in length["by_source"].items()} == {
+        "demo-a": 1.0, "demo-b": 0.5}
+    hack = report["hack"]  # random weights write no valid judgment: every pair unscored, so no hack
+    assert (hack["k"], hack["items"], hack["rates"]["any"]["rate"]) == (1, 4, 0.0)
+    assert hack["unscored_pairs"] == {kind: 4 for kind in hack["attacks"]} and len(hack["attacks"]) == 5
+    assert list(hack["by_source"]) == ["demo-a", "demo-b"]
+    table = capsys.readouterr().out
+    for row in ("judge Voting@2", "base model Voting@2", "base model greedy", "longer response wins",
+                "hack rate, judge Voting@1", "any attack", "claims its own top scores", "demo-b (2)"):
+        assert row in table, row

@@ -18,6 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from prometheus_client import generate_latest
 
 from grm.types import ScoreInput
 from service_helpers import CONFIG, FAST, QUERY, RESPONSES, ServeProcess
@@ -94,7 +96,13 @@ def test_tokens_on_grpc_health_stays_open(judge, pki):
             assert scored(client)
         with grpc.insecure_channel(bg.address) as channel:  # load balancers probe without a token
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert "grm.v1.RewardService" in set(ProtoReflectionDescriptorDatabase(channel).get_services())
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        by_caller = bg.metrics.caller_requests  # the token's name, never the token, labels what it did
+        assert by_caller.labels("trainer-a", "OK")._value.get() == 1  # the one Score call
+        assert by_caller.labels("(no valid token)", "UNAUTHENTICATED")._value.get() == 2
+        exported = generate_latest(bg.metrics.registry).decode()
+        assert 'caller="trainer-a"' in exported and TOKEN_A not in exported
     finally:
         bg.stop()
 

@@ -3,13 +3,15 @@ match what the judge renders, and the shared-prefix log-probabilities."""
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
 
 from grm.prompts import build_judge_content, encode_prompt
-from grm.testing import build_tokenizer, tiny_config
-from grm.types import ScoreInput
+from grm.judge import GenerativeRewardModel
+from grm.testing import NoisyRuleEngine, build_tokenizer, shown_numbers, tiny_config
+from grm.types import Completion, ScoreInput
 from spct.data import (
     SPCT_TEMPLATE,
     Example,
@@ -20,7 +22,7 @@ from spct.data import (
     make_example,
     teacher_batches,
 )
-from spct.rft import Trajectory, rft_filter
+from spct.rft import Trajectory, hinted_samples, mentions_hint, rft_filter
 from policy.sft import SFTConfig, batch_logprobs, lr_at
 from grm.tasks import generate_tasks
 
@@ -146,3 +148,48 @@ def test_rl_grid_settings_parse_by_field_name_and_type():
     assert parse_settings(None, None, base) == [base]
     with pytest.raises(ValueError, match="unknown RLConfig field 'lrate'"):
         parse_settings(None, "lrate=1", base)
+
+
+class _HintReader(NoisyRuleEngine):
+    """Follows the hint in its prompt: the hinted response gets 9, the others 2; with
+    ``leak`` it also says where it got that from."""
+
+    def __init__(self, leak: bool):
+        super().__init__(noise=0)
+        self.leak = leak
+
+    def generate(self, requests):
+        out = []
+        for req in requests:
+            prompt = self.tokenizer.decode(list(req.prompt_ids))
+            best, n = int(re.search(r"Hint: the best response is Response (\d+)", prompt).group(1)), len(shown_numbers(prompt))
+            why = "As the hint says, Response %d is better." % best if self.leak else "Response %d is more accurate." % best
+            text = ("Specific Criteria: 1. Accuracy (weight 100%).\n\nAnalysis: " + why + "\nScores: \\boxed{"
+                    + ", ".join("9" if i + 1 == best else "2" for i in range(n)) + "}")
+            out.append([Completion(tuple(self.tokenizer(text, add_special_tokens=False).input_ids), text, True)] * req.n)
+        return out
+
+
+@pytest.mark.parametrize("leak", [False, True])
+def test_hinted_samples_keep_only_judgments_that_do_not_lean_on_the_hint(leak):
+    items = [LabeledItem(ScoreInput(f"Question {i}?", ["first answer", "second answer"]), best=i % 2) for i in range(6)]
+    grm = GenerativeRewardModel(_HintReader(leak), SPCT_TEMPLATE)
+    samples = hinted_samples(grm, items)
+    assert [t.scores[items[t.item].best] for t in samples] == [9] * 6  # each ranks as its label says
+    assert all(t.hinted for t in samples)
+    assert [t.correct for t in samples] == [not leak] * 6
+    kept, _ = rft_filter([[t] for t in samples])
+    assert len(kept) == (0 if leak else 6)
+
+
+@pytest.mark.parametrize("text, leaks", [
+    ("Response 2 cites the law correctly, so it is better.", False),
+    ("Given the hint, Response 1 wins.", True),
+    ("I was told that the second one is better.", True),
+    ("As stated, the best response is Response 2.", True),
+    ("The best response is Response 1 because it is polite.", True),
+    ("Response 1 is harmless; Response 2 gives the user unsafe advice.", False),
+    ("This chinstrap penguin thinks otherwise.", False),  # "hint" inside a word is not a hint
+])
+def test_mentions_hint(text, leaks):
+    assert mentions_hint(text) is leaks

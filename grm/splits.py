@@ -1,0 +1,30 @@
+"""Train and validation splits of preference data, by prompt.
+
+A record goes to a split by a hash of its prompt text, so every record that shares a
+prompt lands on the same side (RM-Bench writes each prompt's responses in three styles;
+Open Assistant ranks several replies to one message): nothing seen in training is asked
+again in validation. The hash is SHA-256, so the split is the same on every machine, in
+every process, and for every order of the records.
+
+Example::
+
+    split_of("How do I bake bread?")        # 'train' or 'validation', always the same one
+    [r for r in rows if split_of(r["prompt"]) == "validation"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+SPLITS = ("train", "validation")
+VALIDATION_SHARE = 0.3  # of prompts (not of records)
+
+
+def split_of(prompt: str | list, validation_share: float = VALIDATION_SHARE) -> str:
+    """The split a prompt belongs to; a conversation (a list of messages) hashes as JSON."""
+    if not 0.0 <= validation_share <= 1.0:
+        raise ValueError(f"validation_share must be in [0, 1], got {validation_share}")
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    point = int.from_bytes(hashlib.sha256(b"grm-split\0" + text.encode("utf-8")).digest()[:8], "big") / 2**64
+    return "validation" if point < validation_share else "train"
