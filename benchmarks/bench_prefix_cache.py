@@ -43,7 +43,7 @@ from grm.types import SamplingOptions, ScoreInput  # noqa: E402
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="checkpoint (default: the bundled GRM)")
-    p.add_argument("--template", default="grm-default-v1", help="judge template, by version or path")
+    p.add_argument("--template", default="grm-default-v2", help="judge template, by version or path")
     p.add_argument("--calls", type=int, default=32, help="Score calls per side per run")
     p.add_argument("-k", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)

@@ -46,8 +46,10 @@ from grm.types import MAX_SCORE, MIN_SCORE, ScoreInput, ScoreResult
 
 ANCHORS = 2  # responses shared by every part of a split group (fewer when max_responses < 4)
 # End markers that chat models' tokenizers emit (Qwen/ChatML, Llama 2/Mistral, GPT-2/Qwen
-# padding, Llama 3 end of turn and end of text); a decoded rollout may end in any of them.
-END_MARKERS = ("<|im_end|>", "</s>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+# padding, Llama 3 end of turn and end of text, Gemma, Phi-3, DeepSeek); a decoded rollout
+# may end in any of them.
+END_MARKERS = ("<|im_end|>", "</s>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<eos>",
+               "<|end|>", "<\uff5cend\u2581of\u2581sentence\uff5c>")
 
 Conversation = str | Sequence[dict]  # a user turn, or {"role", "content"} messages
 

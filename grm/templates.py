@@ -18,9 +18,15 @@ store it next to a checkpoint so the same template can be loaded to serve it.
 
 Example::
 
-    t = load_template("grm-default-v1")          # built in, == DEFAULT_TEMPLATE
+    t = load_template("grm-default-v2")          # built in, == DEFAULT_TEMPLATE
     t = load_template("path/to/my-template.json")  # same fields as grm/templates/*.json
-    available_templates()  # ['grm-default-v1']
+    available_templates()  # ['grm-compact-v1', 'grm-default-v1', 'grm-default-v2']
+
+Everything a template puts before the conversation is the same for every input
+(``grm-default-v2`` says the number of responses only in its closing output format), so
+an engine with a prefix cache computes that part once for all inputs. ``grm-default-v1``
+named the number in its first sentence, and ``grm-compact-v1`` still does: the bundled GRM
+was trained on that text, and a checkpoint is served with the text it learned.
 """
 
 from __future__ import annotations
@@ -169,7 +175,7 @@ def available_templates() -> list[str]:
 
 
 def load_template(name_or_path: str | Path) -> JudgeTemplate:
-    """A built-in template by version (``"grm-default-v1"``), or a JSON file with the same fields."""
+    """A built-in template by version (``"grm-default-v2"``), or a JSON file with the same fields."""
     key = str(name_or_path)
     if key in _builtins():
         return _builtins()[key]
@@ -182,4 +188,4 @@ def load_template(name_or_path: str | Path) -> JudgeTemplate:
                      f"and not a .json file")
 
 
-DEFAULT_TEMPLATE: JudgeTemplate = load_template("grm-default-v1")
+DEFAULT_TEMPLATE: JudgeTemplate = load_template("grm-default-v2")

@@ -45,7 +45,8 @@ def printable(text: str, *, keep_newlines: bool = True) -> str:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="checkpoint path or hub id (default: the bundled GRM)")
+    p.add_argument("--model", help="checkpoint path, hub id, .gguf file, LoRA adapter folder or base name "
+                   "(smollm2-135m-instruct); default: the bundled GRM")
     p.add_argument("--meta-rm", help="meta RM checkpoint (needed for --aggregation meta_voting)")
 
 

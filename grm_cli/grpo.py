@@ -18,6 +18,7 @@ import importlib
 
 from grm.default_model import default_model_path
 from grm.judge import GenerativeRewardModel
+from grm.pretrained import resolve_model
 from grm.types import SamplingOptions
 from policy.config import ADVANTAGES, LOSSES, GRPOConfig
 from policy.rewards import FunctionReward, LocalGRMReward, RewardBackend, ServiceReward
@@ -67,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts)
     reward = reward_backend(args)
     device, _ = default_device_dtype(args.device, None)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model).to(device).eval()
+    source = resolve_model(args.model)  # a base name or a .gguf file: its converted folder
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source).to(device).eval()
     print(f"policy {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {device}; "
           f"{len(prompts)} prompts; reward {reward.name}")
     history = GRPOTrainer(model, tokenizer, reward, prompts, cfg).train()

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 print(format_info(client.info()))
             except grpc.RpcError as e:
-                print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+                print(f"error: {e.code().name}: {printable(e.details() or '')}", file=sys.stderr)
                 return 2
         return 0
     path = args.model or str(default_model_path())

@@ -15,7 +15,7 @@ import grpc
 from grm.default_model import default_meta_rm_path, default_model_path
 from grm.judge import GenerativeRewardModel
 from grm.types import ScoreInput
-from grm_cli.common import add_model_args, format_result, load_input, say
+from grm_cli.common import add_model_args, format_result, load_input, printable, say
 from grm_cli.connect import add_client_args, client_options
 from services.client import RewardClient
 
@@ -71,7 +71,7 @@ def _score_remote(args: argparse.Namespace, item: ScoreInput) -> int:
                                  aggregation=args.aggregation, k_meta=args.k_meta,
                                  cache_policy=args.cache_policy, return_judgments=args.show)
         except grpc.RpcError as e:
-            print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+            print(f"error: {e.code().name}: {printable(e.details() or '')}", file=sys.stderr)
             return 2
     source = "from the cache" if reply.from_cache else f"computed in {reply.latency_ms:.0f} ms"
     say(f"done ({source})")

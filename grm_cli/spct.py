@@ -21,7 +21,8 @@ HELP = "train a GRM with SPCT (cold start, RFT, online RL, meta RM)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: one checkpoint per stage, report.json")
     p.add_argument("--quick", action="store_true", help="a tiny model and tiny budgets (< 2 min; for tests)")
-    p.add_argument("--base-model", help="start from this causal LM (local path or hub id) instead of nothing")
+    p.add_argument("--base-model", help="start from this causal LM (local path, hub id, .gguf file or a base "
+                   "name such as smollm2-135m-instruct) instead of nothing")
     p.add_argument("--data", help="JSONL preference data instead of the synthetic tasks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -64,11 +64,13 @@ def run(args: SPCTOptions) -> int:
     report["budget"] = dataclasses.asdict(budget)
 
     # ---- data: labelled items (train / test)
-    if args.data:
-        items = load_preference_data(args.data)
-        random.Random(args.seed).shuffle(items)
-        n_test = min(budget.eval_items, len(items) // 10)
-        test, train = items[:n_test], items[n_test:]
+    if args.data:  # split by prompt (grm.splits): no prompt of the held-out items is trained on
+        train = load_preference_data(args.data, "train")
+        random.Random(args.seed).shuffle(train)
+        try:
+            test = load_preference_data(args.data, "validation")[:budget.eval_items]
+        except ValueError:  # a file too small to have a validation prompt: nothing held out
+            test = []
     else:
         train = train_items(budget, args.seed)
         test = items_from_tasks(generate_tasks(budget.eval_items, 0, "test"))

@@ -124,3 +124,5 @@ def test_strip_end_markers_on_a_query_as_openrlhf_sends_it():
     assert strip_end_markers("a</s> b\n", ["</s>"]) == "a</s> b\n"  # markers inside, whitespace alone: kept
     assert strip_end_markers("It is 4.</s>", []) == "It is 4.</s>"
     assert set(END_MARKERS) >= {"<|im_end|>", "</s>", "<|endoftext|>", "<|eot_id|>"}
+    for gemma_phi_deepseek in ("It is 4.<end_of_turn>\n<eos>", "It is 4.<|end|>", "It is 4.<\uff5cend\u2581of\u2581sentence\uff5c>"):
+        assert strip_end_markers(gemma_phi_deepseek) == "It is 4."

@@ -65,11 +65,22 @@ def _template_dict() -> dict:
 
 
 def test_builtin_template():
-    assert "grm-default-v1" in available_templates()
-    t = load_template("grm-default-v1")
+    assert {"grm-default-v1", "grm-default-v2", "grm-compact-v1"} <= set(available_templates())
+    t = load_template("grm-default-v2")
     assert t is DEFAULT_TEMPLATE
-    assert (t.name, t.version) == ("grm-default", "grm-default-v1")
-    assert hash(t) == hash(load_template("grm-default-v1"))
+    assert (t.name, t.version) == ("grm-default", "grm-default-v2")
+    assert hash(t) == hash(load_template("grm-default-v2")) != hash(load_template("grm-default-v1"))
+
+
+def test_the_default_template_says_nothing_input_specific_before_the_conversation():
+    """So that a prefix cache shares the whole instruction between inputs of any size."""
+    shown = [build_judge_content(DEFAULT_TEMPLATE, ScoreInput(q, rs), tuple(range(len(rs))))
+             for q, rs in (("What is 2+2?", ["4"]), ("Name a colour.", ["red", "blue", "green"]))]
+    head = shown[0][:shown[0].index(DEFAULT_TEMPLATE.context_header)]
+    assert shown[1].startswith(head) and len(head) > 1500
+    old = [build_judge_content(load_template("grm-default-v1"), ScoreInput("q", rs), tuple(range(len(rs))))
+           for rs in (["a"], ["a", "b"])]
+    assert old[0][:200] != old[1][:200]  # v1 named the number of responses in its first sentence
 
 
 def test_template_from_json_file(tmp_path):

@@ -5,7 +5,10 @@ middle of an engine pass: its rows leave the batch within a few decoding steps.
 at once and cancelled 100 ms later, or once their shared pass has begun decoding (the case
 only the engine can help: the scheduler drops work that is gone before its pass starts). The engine's own token counter (the server's engine)
 is read at the cancel and after the pass; the tokens generated after the cancel must be
-under 10% of what the same requests cost when nobody cancels them.
+under 10% of what the same requests cost when nobody cancels them. The server's metrics
+say the same from the outside: ``grm_generated_tokens_total{callers="gone"}`` (every token
+generated for inputs whose callers had left, before the cancel or after) stays under that
+bound too, and the metric's total agrees with the engine's counter.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ def test_cancelled_calls_leave_the_engine_pass(gathering_server, judge, when):
         full_cost = idle(engine) - before
 
         before, abandoned = idle(engine), engine.stats["abandoned_rows"]
+        metrics = gathering_server.metrics
+        gone_before = metrics.value("grm_generated_tokens_total", callers="gone")
+        total_before = gone_before + metrics.value("grm_generated_tokens_total", callers="waiting")
         futures = [score.future(r, timeout=300) for r in requests(5000 if when.startswith("100") else 9000)]
         time.sleep(0.1)
         if when == "once decoding began":  # mid-pass: only the engine can stop this work now
@@ -84,7 +90,13 @@ def test_cancelled_calls_leave_the_engine_pass(gathering_server, judge, when):
         after = idle(engine)
     assert all(f.cancelled() or f.exception().code() is grpc.StatusCode.CANCELLED for f in futures)
     spent_after_cancel = after - at_cancel
-    print(f"full cost {full_cost} tokens; before the cancel {at_cancel - before}; after it {spent_after_cancel}")
+    gone = metrics.value("grm_generated_tokens_total", callers="gone") - gone_before
+    total = metrics.value("grm_generated_tokens_total", callers="gone") + metrics.value(
+        "grm_generated_tokens_total", callers="waiting") - total_before
+    print(f"full cost {full_cost} tokens; before the cancel {at_cancel - before}; after it {spent_after_cancel}; "
+          f"server metrics: {gone:.0f} tokens for callers gone, {total:.0f} in all")
+    assert total == after - before  # the metric counts what the engine generated
+    assert gone < 0.10 * full_cost
     assert full_cost >= CALLS * 4 * 32  # the uncancelled run really decoded (most rows run to 64 tokens)
     assert spent_after_cancel < 0.10 * full_cost
     if when == "once decoding began":  # one pass held them all, and the engine dropped their rows

@@ -13,6 +13,8 @@ import pytest
 
 from redis_fixtures import redis_server  # noqa: F401  (fixture)
 from service_helpers import CONFIG, FAST, QUERY, RESPONSES
+from policy.adapters import trl_reward
+from policy.adapters.verl_reward import verl_compute_score
 from services.cache import RedisCache
 from services.client import RetryPolicy, RewardClient
 from services.lease import ReplicaLease, lease_key
@@ -173,6 +175,17 @@ def test_the_client_spreads_over_replicas_skips_unready_ones_and_survives_one_st
                 client.score(QUERY, RESPONSES, **{**FAST, "seed": seed}, cache_policy="bypass")
             assert requests_on(a) > 0 and requests_on(b) > 0, (requests_on(a), requests_on(b))
             assert requests_on(loading) == 0  # health NOT_SERVING: round robin leaves it out
+        # The adapters take the same multi-address targets.
+        def batches() -> float:
+            return sum(s.metrics.value("grm_requests_total", method="ScoreBatch", code="OK") for s in (a, b))
+
+        before = batches()
+        reward = trl_reward(target, timeout_s=60, cache_policy="bypass", **FAST)
+        assert len(reward(prompts=[QUERY] * 2, completions=RESPONSES)) == 2
+        verl = verl_compute_score("test", RESPONSES[0], None, {"prompt": QUERY}, target=target,
+                                  cache_policy="bypass", on_unscored=-1.0, **FAST)
+        assert verl["scored"] in (True, False) and batches() == before + 2  # one ScoreBatch each
+        with RewardClient(target, timeout_s=60, retry=RetryPolicy(max_attempts=1)) as client:
             a.stop()
             a = None
             for seed in range(8, 12):  # a's calls go to b; none fails at the client

@@ -152,6 +152,31 @@ def test_queue_is_bounded_and_closing_refuses_new_work(judge):
         asyncio.run(_submit(scheduler, plan))
 
 
+def test_queued_work_is_bounded_in_tokens_not_calls(judge):
+    small, = plans(judge, 1)
+    big = judge.plan(ScoreInput("A long question? " * 300, ["yes " * 100, "no " * 100]), SamplingOptions(k=4, max_new_tokens=64))
+    room = small.cost[0] * 3  # three small inputs fit, one big one does not
+    assert big.cost[0] > room
+    scheduler = Scheduler(judge.run_plans, SchedulerConfig(max_queue=100, max_queue_tokens=room))  # nothing drains
+
+    async def main():
+        for _ in range(3):
+            scheduler.submit(small)
+        with pytest.raises(QueueFull, match=f"max_queue_tokens \\({room} tokens; this input needs {small.cost[0]}\\)"):
+            scheduler.submit(small)  # a fourth small one passes the bound by its own tokens
+
+    asyncio.run(main())
+    scheduler.close()
+    lone = Scheduler(judge.run_plans, SchedulerConfig(max_queue=100, max_queue_tokens=room))
+
+    async def alone():
+        with pytest.raises(QueueFull, match="max_queue_tokens"):
+            lone.submit(big)  # one call, but more tokens than the bound: refused although the queue is empty
+
+    asyncio.run(alone())
+    lone.close()
+
+
 async def _submit(scheduler, plan):
     return scheduler.submit(plan)
 
