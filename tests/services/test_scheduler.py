@@ -154,7 +154,7 @@ def test_queue_is_bounded_and_closing_refuses_new_work(judge):
 
 def test_queued_work_is_bounded_in_tokens_not_calls(judge):
     small, = plans(judge, 1)
-    big = judge.plan(ScoreInput("A long question? " * 300, ["yes " * 100, "no " * 100]), SamplingOptions(k=4, max_new_tokens=64))
+    big = judge.plan(ScoreInput("A long question? " * 120, ["yes " * 40, "no " * 40]), SamplingOptions(k=4, max_new_tokens=64))
     room = small.cost[0] * 3  # three small inputs fit, one big one does not
     assert big.cost[0] > room
     scheduler = Scheduler(judge.run_plans, SchedulerConfig(max_queue=100, max_queue_tokens=room))  # nothing drains
