@@ -36,7 +36,7 @@ from grm.evaluate import (SkipReason, Skipped, accuracy_figures, item_bootstrap,
                           matrix_from_results, parse_lines, summarize)
 from grm.judge import GenerativeRewardModel, InputTooLong
 from grm.seeds import mix_seed
-from grm.splits import SPLITS, split_of
+from grm.splits import SPLITS, record_prompt, split_of
 from grm.tasks import generate_tasks, task_to_record
 from grm.types import ADAPTIVE_MODES, MAX_K, Aggregation, AggregationOptions, SamplingOptions, ScoreResult
 
@@ -123,9 +123,8 @@ def _in_split(line: str, split: str) -> str:
     """The line when its record's prompt is in ``split``, else a blank line (skipped, counted
     in the numbering). A line that does not parse is kept, to be reported as it is."""
     try:
-        record = json.loads(line)
-        prompt = record.get("prompt") or record.get("conversation") or record.get("messages") or record["query"]
-    except (ValueError, AttributeError, KeyError):
+        prompt = record_prompt(json.loads(line))
+    except (ValueError, AttributeError, KeyError, TypeError):  # not a record one can split: kept, to be reported
         return line
     return line if split_of(prompt) == split else ""
 

@@ -1,4 +1,4 @@
-"""LoRA adapters (PEFT) on a shared base: the GRM and the meta RM each ship as a small adapter.
+"""LoRA adapters (PEFT) on a shared base: a GRM and its meta RM can each ship as a small adapter.
 
 An adapter folder holds ``adapter_config.json`` and ``adapter_model.safetensors`` as PEFT
 writes them, plus whatever the judge keeps beside its weights (``grm_template.json``, a

@@ -31,6 +31,7 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +68,9 @@ BASES: dict[str, PackagedBase] = {
 def resolve_model(name_or_path: str | os.PathLike) -> str:
     """A base name or a ``.gguf`` file -> its converted checkpoint folder; else unchanged."""
     text = str(name_or_path)
-    if text in BASES:
+    if text in BASES and not Path(text).exists():  # a local folder of the same name wins
         return str(gguf_checkpoint(BASES[text].path(), name=text))
-    if text.endswith(".gguf") and Path(text).is_file():
+    if text.lower().endswith(".gguf") and Path(text).is_file():
         return str(gguf_checkpoint(Path(text)))
     return text
 
@@ -92,15 +93,20 @@ def gguf_checkpoint(gguf_path: str | os.PathLike, *, name: str | None = None,
     if _finished(dest, sha):
         return dest
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{dest.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    convert_gguf(gguf_path, tmp)
-    (tmp / SOURCE_FILE).write_text(json.dumps({"gguf_file": gguf_path.name, "sha256": sha}, indent=1) + "\n")
-    if _finished(dest, sha):  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        shutil.rmtree(dest, ignore_errors=True)  # an unfinished or mismatched folder
-        tmp.replace(dest)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}."))  # unique even across containers
+    try:
+        convert_gguf(gguf_path, tmp)
+        (tmp / SOURCE_FILE).write_text(json.dumps({"gguf_file": gguf_path.name, "sha256": sha}, indent=1) + "\n")
+        if not _finished(dest, sha):
+            if dest.exists():  # a stray folder without a finished source.json
+                shutil.rmtree(dest, ignore_errors=True)
+            try:
+                tmp.replace(dest)
+            except OSError:  # another process renamed its copy in first
+                if not _finished(dest, sha):
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; else a copy nobody needs
     return dest
 
 

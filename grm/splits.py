@@ -6,10 +6,13 @@ Open Assistant ranks several replies to one message): nothing seen in training i
 again in validation. The hash is SHA-256, so the split is the same on every machine, in
 every process, and for every order of the records.
 
+``record_prompt`` finds the prompt of a record in any format ``grm eval`` and ``grm spct``
+read, so both put a record in the same split.
+
 Example::
 
     split_of("How do I bake bread?")        # 'train' or 'validation', always the same one
-    [r for r in rows if split_of(r["prompt"]) == "validation"]
+    [r for r in rows if split_of(record_prompt(r)) == "validation"]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 
 SPLITS = ("train", "validation")
+_HH_ASSISTANT = "\n\nAssistant:"
 VALIDATION_SHARE = 0.3  # of prompts (not of records)
 
 
@@ -28,3 +32,21 @@ def split_of(prompt: str | list, validation_share: float = VALIDATION_SHARE) -> 
     text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
     point = int.from_bytes(hashlib.sha256(b"grm-split\0" + text.encode("utf-8")).digest()[:8], "big") / 2**64
     return "validation" if point < validation_share else "train"
+
+
+def record_prompt(record: dict) -> str | list:
+    """What a preference record asks, whatever its format (KeyError when it names none).
+
+    ``prompt``, ``conversation``, ``messages`` or ``query`` when present; else, for a
+    ``chosen``/``rejected`` pair that holds the whole dialogue, the part both share before
+    the final reply: the messages before the last one, or an Anthropic HH text up to its
+    last "Assistant:" turn."""
+    for key in ("prompt", "conversation", "messages", "query"):
+        if record.get(key):
+            return record[key]
+    chosen, rejected = record["chosen"], record["rejected"]
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        return chosen[:-1]
+    if isinstance(chosen, str) and isinstance(rejected, str) and _HH_ASSISTANT in chosen:
+        return chosen[:chosen.rindex(_HH_ASSISTANT)]
+    raise KeyError("prompt")

@@ -35,7 +35,7 @@ from grm.judge import GenerativeRewardModel
 from grm.types import SamplingOptions
 from services.admission import Admission, AdmissionConfig
 from services.cache import DEFAULT_PREFIX, RedisCache
-from services.http_reward import RewardHTTPServer
+from services.http_reward import HTTPLimits, RewardHTTPServer
 from services.inspector import Inspector, RecentRequests
 from services.lease import ReplicaLease
 from services.metrics import ServiceMetrics
@@ -143,13 +143,13 @@ class RewardServer:
         self._stopping = True
         self.servicer.shutting_down = True  # calls that slip in meanwhile get UNAVAILABLE
         await self.health.enter_graceful_shutdown()
+        grace = self.config.grace_s if grace is None else grace
+        drained_by = time.monotonic() + grace  # one grace for everything below
         if self.http is not None:  # stop taking HTTP requests; the ones in flight drain through gRPC below
             await asyncio.to_thread(self.http.stop)
-        grace = self.config.grace_s if grace is None else grace
         # Drain while the port still takes calls: the servicer refuses them with UNAVAILABLE,
         # which clients retry on another replica. A call that reaches a gRPC server already
         # stopping is cancelled by gRPC itself instead, which no client retries.
-        drained_by = time.monotonic() + grace
         while self.servicer.calls_in_flight and time.monotonic() < drained_by:
             await asyncio.sleep(0.02)
         await self.server.stop(max(0.0, drained_by - time.monotonic()))
@@ -215,7 +215,8 @@ async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.
         target = f"unix:{private}/grpc.sock" if private else f"{loopback(host)}:{port}"
         srv.http = RewardHTTPServer(target, http_host, config.http_port, inspector=Inspector(servicer.recorder),
                                     ssl_context=config.tls.ssl_context() if config.tls else None,
-                                    tokens=servicer.tokens).start()
+                                    tokens=servicer.tokens,
+                                    limits=HTTPLimits(grace_s=max(config.grace_s, 0.1))).start()  # one grace for both ports
     srv._begin_loading(judge_or_loader)
     return srv, port
 

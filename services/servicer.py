@@ -140,10 +140,11 @@ class RewardServicer:
 
     def _wrap(self, name: str, fn: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
         async def handle(request, context: grpc.aio.ServicerContext):
-            start, code, caller = time.perf_counter(), Code.OK, None
+            start, code, caller, name_of_caller = time.perf_counter(), Code.OK, None, None
             self._in_flight += 1
             try:
-                caller = self._admit(request, self._caller(context))
+                name_of_caller = self._caller(context)
+                caller = self._admit(request, name_of_caller)
                 context.set_trailing_metadata(((REPLICA_HEADER, self.replica_id),))  # which replica answered
                 return await fn(request, context)
             except RpcFailure as e:
@@ -162,9 +163,10 @@ class RewardServicer:
                     self.admission.leave(caller)
                 self.metrics.requests.labels(name, code.name).inc()
                 if self.tokens is not None:  # callers by token name; peers without tokens are too many to label
-                    self.metrics.caller_requests.labels(caller or "(no valid token)", code.name).inc()
+                    label = name_of_caller or "(no valid token)"  # refused callers keep their name
+                    self.metrics.caller_requests.labels(label, code.name).inc()
                     if code is not Code.OK:
-                        log.info("%s by %s: %s", name, caller or "(no valid token)", code.name)
+                        log.info("%s by %s: %s", name, label, code.name)
                 self.metrics.latency.labels(name).observe(time.perf_counter() - start)
         return handle
 

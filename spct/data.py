@@ -25,7 +25,7 @@ from pathlib import Path
 
 from policy.logprobs import Example  # noqa: F401 (re-exported: the SPCT stages build Examples)
 from grm.prompts import build_judge_content, encode_prompt
-from grm.splits import SPLITS, split_of
+from grm.splits import SPLITS, record_prompt, split_of
 from grm.templates import JudgeTemplate, load_template
 from grm.types import ScoreInput
 from grm.tasks import Task, generate_tasks
@@ -77,17 +77,13 @@ def load_preference_data(path: str | Path, split: str | None = None) -> list[Lab
             if line.strip():
                 try:
                     record = json.loads(line)
-                    if split is None or split_of(_prompt_of(record)) == split:
+                    if split is None or split_of(record_prompt(record)) == split:
                         items.append(_record_item(record))
                 except (KeyError, TypeError, ValueError) as e:
                     raise ValueError(f"{path}:{number}: {e}") from e
     if not items:
         raise ValueError(f"{path}: no records" + (f" in the {split} split" if split else ""))
     return items
-
-
-def _prompt_of(r: dict):
-    return r.get("prompt") or r.get("conversation") or r.get("messages") or r["query"]
 
 
 def _record_item(r: dict) -> LabeledItem:

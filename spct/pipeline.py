@@ -68,9 +68,13 @@ def run(args: SPCTOptions) -> int:
         train = load_preference_data(args.data, "train")
         random.Random(args.seed).shuffle(train)
         try:
-            test = load_preference_data(args.data, "validation")[:budget.eval_items]
-        except ValueError:  # a file too small to have a validation prompt: nothing held out
-            test = []
+            test = load_preference_data(args.data, "validation")
+        except ValueError as e:
+            if "no records" not in str(e):
+                raise
+            test = []  # a file too small to have a validation prompt: nothing held out
+        random.Random(args.seed + 1).shuffle(test)  # the checked items mix the file's sources
+        test = test[:budget.eval_items]
     else:
         train = train_items(budget, args.seed)
         test = items_from_tasks(generate_tasks(budget.eval_items, 0, "test"))

@@ -27,12 +27,14 @@ from spct.data import LabeledItem, is_correct
 
 RFT_SAMPLES = 3  # trajectories per prompt (paper)
 HINT = "\n\nHint: the best response is Response {i}."
-# A judgment that leans on its hint instead of the responses: it names the hint, says it was
-# told, or repeats the hint's own sentence. Trained on without the hint, such text would
-# teach the judge to cite a hint it never gets.
+# A judgment that leans on its hint instead of the responses: it names the hint, says in the
+# first person that it was told, or copies the hint's own sentence word for word (with its
+# "Hint:" label or as a sentence of its own). Trained on without the hint, such text would
+# teach the judge to cite a hint it never gets. Ordinary judging words ("is given a score",
+# "as noted above", "Response 2 is the best response") are not traces.
 _HINT_TRACES = re.compile(
-    r"\bhint(s|ed)?\b|\b(was|were|been|am|are|is) (told|informed|given)\b|\bas (stated|indicated|given|noted)\b"
-    r"|\bthe best response is response\s*\d", re.IGNORECASE)
+    r"\bhint(s|ed)?\b|\bI(?:'ve| have| was| am|'m)? (?:been )?(?:told|informed)\b"
+    r"|(?:^|[.!?]\s+)the best response is Response \d+\.", re.IGNORECASE | re.MULTILINE)
 
 
 def mentions_hint(text: str) -> bool:

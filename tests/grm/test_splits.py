@@ -53,3 +53,21 @@ def test_grm_eval_reads_one_split_keeping_the_file_s_line_numbers():
     assert {it.source for it in validation} <= {it.source for it in everything}
     with pytest.raises(ValueError, match="split applies to a data file"):
         load_data("synthetic:test:5", None, "validation")
+
+
+def test_records_without_a_prompt_field_split_by_the_dialogue_they_share(tmp_path):
+    from grm.eval_run import load_data
+    from grm.splits import record_prompt
+
+    hh = [{"chosen": f"\n\nHuman: Question {i}?\n\nAssistant: Answer {j}.", "rejected": f"\n\nHuman: Question {i}?\n\nAssistant: No."}
+          for i in range(40) for j in range(2)]  # each prompt twice, with different replies
+    assert record_prompt(hh[0]) == record_prompt(hh[1]) == "\n\nHuman: Question 0?"
+    messages = {"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}]}
+    assert record_prompt(messages) == [{"role": "user", "content": "hi"}]
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in hh))
+    train, validation = (load_data(str(path), None, s)[0] for s in ("train", "validation"))
+    assert len(train) + len(validation) == len(hh) and validation and train  # each record in exactly one split
+    lines = {it.line for it in validation}
+    assert all(((n + 1) if n % 2 else (n - 1)) in lines for n in lines)  # both records of a prompt together

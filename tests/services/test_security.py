@@ -198,6 +198,7 @@ def test_a_per_token_limit_holds_while_another_token_is_served(judge, pki):
     assert isinstance(refused, grpc.RpcError) and refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "trainer-a" in refused.details()
     assert dict(refused.trailing_metadata())["grpc-retry-pushback-ms"] == "250"
+    assert bg.metrics.caller_requests.labels("trainer-a", "RESOURCE_EXHAUSTED")._value.get() == 1  # counted by name
     assert not isinstance(outcomes["a1"], grpc.RpcError) and not isinstance(outcomes["b"], grpc.RpcError)
 
 

@@ -186,8 +186,11 @@ def test_hinted_samples_keep_only_judgments_that_do_not_lean_on_the_hint(leak):
     ("Response 2 cites the law correctly, so it is better.", False),
     ("Given the hint, Response 1 wins.", True),
     ("I was told that the second one is better.", True),
-    ("As stated, the best response is Response 2.", True),
-    ("The best response is Response 1 because it is polite.", True),
+    ("I've been informed which answer wins.", True),
+    ("Both are short. The best response is Response 2.", True),  # the hint's sentence, copied
+    ("The best response is Response 1 because it is polite.", False),  # a reason of its own
+    ("Response 1 is given a score of 8, as noted above.", False),
+    ("The weights are given in percent; as indicated by the query, brevity matters.", False),
     ("Response 1 is harmless; Response 2 gives the user unsafe advice.", False),
     ("This chinstrap penguin thinks otherwise.", False),  # "hint" inside a word is not a hint
 ])
