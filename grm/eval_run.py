@@ -36,7 +36,7 @@ from grm.evaluate import (SkipReason, Skipped, accuracy_figures, item_bootstrap,
                           matrix_from_results, parse_lines, summarize)
 from grm.judge import GenerativeRewardModel, InputTooLong
 from grm.seeds import mix_seed
-from grm.splits import SPLITS, record_prompt, split_of
+from grm.splits import check_split, record_prompt, split_of
 from grm.tasks import generate_tasks, task_to_record
 from grm.types import ADAPTIVE_MODES, MAX_K, Aggregation, AggregationOptions, SamplingOptions, ScoreResult
 
@@ -101,10 +101,10 @@ def load_data(spec: str, limit: int | None, split: str | None = None):
 
     ``split`` ("train" or "validation") keeps a file's records whose prompt falls in that
     split (``grm.splits``); line numbers stay those of the file."""
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if split is not None and spec.startswith("synthetic:"):
-        raise ValueError("split applies to a data file; synthetic data names its split itself")
+    if split is not None:
+        check_split(split)
+        if spec.startswith("synthetic:"):
+            raise ValueError("split applies to a data file; synthetic data names its split itself")
     if spec.startswith("synthetic:"):
         parts = spec.split(":")
         if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[2:]):

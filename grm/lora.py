@@ -56,12 +56,3 @@ def load_merged(path: str | Path, auto_class: Any, dtype: Any, **model_kwargs) -
     tokenizer = AutoTokenizer.from_pretrained(str(path) if has_tokenizer else base)
     return model, tokenizer, base
 
-
-def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, *, task_type: str = "CAUSAL_LM",
-                modules_to_save: list[str] | None = None) -> Any:
-    """The adapter used for the judge: every attention and MLP projection of a llama-style block."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type=task_type,
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                      modules_to_save=modules_to_save)

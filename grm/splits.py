@@ -25,6 +25,13 @@ _HH_ASSISTANT = "\n\nAssistant:"
 VALIDATION_SHARE = 0.3  # of prompts (not of records)
 
 
+def check_split(split: str) -> str:
+    """``split`` when it names a split, else a ValueError naming the choices."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split
+
+
 def split_of(prompt: str | list, validation_share: float = VALIDATION_SHARE) -> str:
     """The split a prompt belongs to; a conversation (a list of messages) hashes as JSON."""
     if not 0.0 <= validation_share <= 1.0:

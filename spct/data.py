@@ -25,7 +25,7 @@ from pathlib import Path
 
 from policy.logprobs import Example  # noqa: F401 (re-exported: the SPCT stages build Examples)
 from grm.prompts import build_judge_content, encode_prompt
-from grm.splits import SPLITS, record_prompt, split_of
+from grm.splits import SPLITS, check_split, record_prompt, split_of
 from grm.templates import JudgeTemplate, load_template
 from grm.types import ScoreInput
 from grm.tasks import Task, generate_tasks
@@ -69,21 +69,35 @@ def load_preference_data(path: str | Path, split: str | None = None) -> list[Lab
 
     ``split`` ("train" or "validation") keeps only the records whose prompt falls in that
     split (``grm.splits``: by prompt, so no prompt is on both sides)."""
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    items = []
+    if split is not None:
+        check_split(split)
+    items = [item for item, prompt in _read_records(path) if split is None or split_of(prompt) == split]
+    if not items:
+        raise ValueError(f"{path}: no records" + (f" in the {split} split" if split else ""))
+    return items
+
+
+def load_preference_splits(path: str | Path) -> dict[str, list[LabeledItem]]:
+    """Every record of a JSONL preference file, by split (``grm.splits``), read in one pass;
+    a split may be empty, the file may not."""
+    splits: dict[str, list[LabeledItem]] = {name: [] for name in SPLITS}
+    for item, prompt in _read_records(path):
+        splits[split_of(prompt)].append(item)
+    if not any(splits.values()):
+        raise ValueError(f"{path}: no records")
+    return splits
+
+
+def _read_records(path: str | Path) -> Iterator[tuple[LabeledItem, str | list]]:
+    """(item, its prompt) per record in file order; an unusable line raises naming it."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if line.strip():
                 try:
                     record = json.loads(line)
-                    if split is None or split_of(record_prompt(record)) == split:
-                        items.append(_record_item(record))
+                    yield _record_item(record), record_prompt(record)
                 except (KeyError, TypeError, ValueError) as e:
                     raise ValueError(f"{path}:{number}: {e}") from e
-    if not items:
-        raise ValueError(f"{path}: no records" + (f" in the {split} split" if split else ""))
-    return items
 
 
 def _record_item(r: dict) -> LabeledItem:

@@ -43,7 +43,7 @@ from grm.tasks import generate_tasks
 from policy.model import build_model, load_base
 from spct import stages
 from spct.config import FULL, QUICK, SPCTOptions
-from spct.data import SPCT_TEMPLATE, items_from_tasks, load_preference_data, train_items
+from spct.data import SPCT_TEMPLATE, items_from_tasks, load_preference_splits, train_items
 from spct.stage_eval import greedy_eval
 from spct.teacher import teacher_judgment
 from spct.tokenizer import save_tokenizer, train_tokenizer
@@ -65,14 +65,11 @@ def run(args: SPCTOptions) -> int:
 
     # ---- data: labelled items (train / test)
     if args.data:  # split by prompt (grm.splits): no prompt of the held-out items is trained on
-        train = load_preference_data(args.data, "train")
+        splits = load_preference_splits(args.data)
+        train, test = splits["train"], splits["validation"]  # a tiny file may hold out nothing
+        if not train:
+            raise ValueError(f"{args.data}: no records in the train split")
         random.Random(args.seed).shuffle(train)
-        try:
-            test = load_preference_data(args.data, "validation")
-        except ValueError as e:
-            if "no records" not in str(e):
-                raise
-            test = []  # a file too small to have a validation prompt: nothing held out
         random.Random(args.seed + 1).shuffle(test)  # the checked items mix the file's sources
         test = test[:budget.eval_items]
     else:

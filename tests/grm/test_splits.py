@@ -33,10 +33,11 @@ def test_the_split_is_a_fixed_function_of_the_text():
 
 
 def test_spct_reads_one_split_and_the_two_splits_partition_the_file():
-    from spct.data import load_preference_data
+    from spct.data import load_preference_data, load_preference_splits
 
     train, validation = (load_preference_data(SLICE, split) for split in ("train", "validation"))
     assert len(train) + len(validation) == len(load_preference_data(SLICE))
+    assert load_preference_splits(SLICE) == {"train": train, "validation": validation}  # one pass, same split
     assert not {str(i.item.conversation) for i in train} & {str(i.item.conversation) for i in validation}
     with pytest.raises(ValueError, match="split must be one of"):
         load_preference_data(SLICE, "test")
