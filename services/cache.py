@@ -36,12 +36,8 @@ from collections import OrderedDict
 from enum import Enum
 from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
-import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-
 from grm.types import AggregationOptions, SamplingOptions, ScoreInput
+from services.redis_connect import is_cluster_url, mget, redis_client
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,7 +55,10 @@ _RECORDS = ("item", "sampling", "aggregation")
 
 def cache_key(prefix: str, identity: Mapping[str, str], item: ScoreInput, sampling: SamplingOptions,
               aggregation: AggregationOptions) -> str:
-    """``prefix`` + sha256 hex of a canonical encoding of everything that decides the result.
+    """``prefix`` + ``{`` sha256 hex ``}`` of a canonical encoding of everything that decides the result.
+
+    The braces are a Redis Cluster hash tag: the keys derived from this one (its judgments,
+    its lease) share its slot, so one input's reads and writes reach one node.
 
     ``identity`` names the judge (``GenerativeRewardModel.cache_identity``: model id, the
     weights by content, the template). Its entries and every field of the three records
@@ -73,7 +72,7 @@ def cache_key(prefix: str, identity: Mapping[str, str], item: ScoreInput, sampli
         raise TypeError(f"cache_key: identity values must be strings, got {bad!r}")
     doc = {**identity, "item": _plain(item), "sampling": _plain(sampling), "aggregation": _plain(aggregation)}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return prefix + hashlib.sha256(text.encode("ascii")).hexdigest()
+    return prefix + "{" + hashlib.sha256(text.encode("ascii")).hexdigest() + "}"
 
 
 def _plain(value: Any) -> Any:
@@ -217,7 +216,8 @@ class MemoryCache:
 # ---------------------------------------------------------------------------- redis
 
 class RedisCache:
-    """Redis through ``redis.asyncio`` (hiredis parses replies when installed).
+    """Redis through ``redis.asyncio`` (hiredis parses replies when installed): one server,
+    or a Redis Cluster for a ``redis+cluster://`` URL (services/redis_connect.py).
 
     Every call is bounded by ``timeout_s``. Inside it redis-py retries a call once, on a
     fresh connection, when the connection fails (never on a timeout): a pooled connection
@@ -242,9 +242,8 @@ class RedisCache:
         self.ttl_s, self.timeout_s = ttl_s, timeout_s
         self.url = url  # replicas sharing this Redis also share work leases (services/lease.py)
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
-        self._redis = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), health_check_interval=0)
+        self.name = "redis-cluster" if is_cluster_url(url) else "redis"
+        self._redis = redis_client(url, timeout_s=timeout_s)  # one server or a cluster, by URL
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._log = _RateLimitedLog(log_every_s)
         self._failures = 0  # consecutive failed episodes; 0 means the breaker is closed
@@ -256,7 +255,7 @@ class RedisCache:
         keys = list(keys)
         if not keys:
             return []
-        blobs = await self._call("get", lambda: self._redis.mget(keys))
+        blobs = await self._call("get", lambda: mget(self._redis, keys))
         if blobs is None:
             self._stats["misses"] += len(keys)
             return [None] * len(keys)

@@ -16,7 +16,12 @@ asks Redis for ``key + ":lease"`` with ``SET NX PX``:
   or was cancelled) they try to take it themselves; if the holder died (SIGKILL), its
   lease expires after ``ttl_s`` and the same happens;
 - Redis trouble never fails a request: the replica computes without a lease (counted as
-  ``unleased``), as a cache miss would.
+  ``unleased``), as a cache miss would. On a Redis Cluster (a ``redis+cluster://`` URL)
+  each call first keeps trying for ``outage_s`` (5 s by default): long enough to ride out a
+  master's failover (``cluster-node-timeout`` plus the election) rather than compute
+  during it, so an input is computed at most twice across a failover (twice only when
+  the master died before its replica had the lease or the result: replication is
+  asynchronous).
 
 The server passes ``read_result`` and ``keep_result`` as ``read`` and ``keep``: they use the
 lease's own connection (1 s timeout), not the cache's (50 ms, with a breaker), so a slow
@@ -44,16 +49,17 @@ import time
 import uuid
 from typing import Awaitable, Callable, TypeVar
 
-import redis.asyncio
 from redis.exceptions import RedisError
 
 from services.cache import seal, unseal
+from services.redis_connect import is_cluster_url, mget, redis_client
 from services.proto.grm.v1 import reward_pb2 as pb
 from services.result_store import judgments_key, read_result, result_entries
 from services.scheduler import Deadline, DeadlineExpired
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CLUSTER_OUTAGE_S = 5.0  # how long calls to a Redis Cluster keep trying through a failover
 
 # KEYS[1] the lease, ARGV[1] the owner: act only on a lease this replica still holds.
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
@@ -68,17 +74,21 @@ class ReplicaLease:
     """See the module docstring."""
 
     def __init__(self, url: str, *, ttl_s: float = 10.0, poll_s: float = 0.02, max_poll_s: float = 0.25,
-                 timeout_s: float = 1.0, owner: str | None = None, metrics=None, result_ttl_s: int | None = 86_400):
-        if not ttl_s > 0 or not 0 < poll_s <= max_poll_s or not timeout_s > 0:
-            raise ValueError(f"ReplicaLease needs ttl_s > 0, 0 < poll_s <= max_poll_s and timeout_s > 0, got "
-                             f"ttl_s={ttl_s}, poll_s={poll_s}, max_poll_s={max_poll_s}, timeout_s={timeout_s}")
+                 timeout_s: float = 1.0, owner: str | None = None, metrics=None, result_ttl_s: int | None = 86_400,
+                 outage_s: float | None = None):
+        if outage_s is None:
+            outage_s = CLUSTER_OUTAGE_S if is_cluster_url(url) else 0.0
+        if not ttl_s > 0 or not 0 < poll_s <= max_poll_s or not timeout_s > 0 or outage_s < 0:
+            raise ValueError(f"ReplicaLease needs ttl_s > 0, 0 < poll_s <= max_poll_s, timeout_s > 0 and outage_s >= 0, "
+                             f"got ttl_s={ttl_s}, poll_s={poll_s}, max_poll_s={max_poll_s}, timeout_s={timeout_s}, "
+                             f"outage_s={outage_s}")
         self.ttl_ms = int(ttl_s * 1000)
-        self.poll_s, self.max_poll_s = poll_s, max_poll_s
+        self.poll_s, self.max_poll_s, self.outage_s = poll_s, max_poll_s, outage_s
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.metrics = metrics  # a services.metrics.ServiceMetrics, or None
         self.result_ttl_s = result_ttl_s  # the cache's entry lifetime, for results written here
         self.counts = {"computed": 0, "waited": 0, "unleased": 0}
-        self._redis = redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._redis = redis_client(url, timeout_s=timeout_s)
 
     async def run(self, key: str, compute: Callable[[], Awaitable[T]], read: Callable[[], Awaitable[T | None]],
                   deadline: Deadline = Deadline(), on_wait: Callable[[], None] | None = None,
@@ -90,7 +100,7 @@ class ReplicaLease:
         waited = False
         while True:
             try:
-                got = await self._redis.set(name, self.owner, nx=True, px=self.ttl_ms)
+                got = await self._patient(lambda: self._redis.set(name, self.owner, nx=True, px=self.ttl_ms))
             except RedisError as e:
                 log.warning("replica lease: Redis did not answer (%s); computing without a lease", e)
                 self._count("unleased")
@@ -133,7 +143,7 @@ class ReplicaLease:
 
     async def _release(self, name: str) -> None:
         try:
-            await self._redis.eval(_RELEASE, 1, name, self.owner)
+            await self._patient(lambda: self._redis.eval(_RELEASE, 1, name, self.owner))
         except RedisError as e:  # it expires on its own
             log.warning("replica lease: release failed (%s); it expires in %d ms", e, self.ttl_ms)
 
@@ -153,7 +163,7 @@ class ReplicaLease:
             if result is not None:
                 return result
             try:
-                holder = await self._redis.get(name)
+                holder = await self._patient(lambda: self._redis.get(name))
             except RedisError:
                 holder = None  # the next SET finds out whether Redis is there at all
             if holder is None:
@@ -171,7 +181,7 @@ class ReplicaLease:
         (services/cache.py): a replica that missed that way would compute the input again.
         """
         try:
-            blobs = await self._redis.mget([key, judgments_key(key)])
+            blobs = await self._patient(lambda: mget(self._redis, [key, judgments_key(key)]))
         except RedisError:
             return None
         values = {k: unseal(k, b) if b is not None else None for k, b in zip((key, judgments_key(key)), blobs)}
@@ -182,14 +192,30 @@ class ReplicaLease:
         write when Redis is slow, and the waiters would then compute the input again."""
         entries = result_entries(key, msg)
         try:
-            if await self._redis.exists(*(k for k, _ in entries)) == len(entries):
+            if await self._patient(lambda: self._redis.exists(*(k for k, _ in entries))) == len(entries):
                 return
-            pipe = self._redis.pipeline(transaction=False)
-            for k, v in entries:
-                pipe.set(k, seal(k, v), ex=self.result_ttl_s)
-            await pipe.execute()
+
+            async def write() -> None:
+                pipe = self._redis.pipeline(transaction=False)
+                for k, v in entries:
+                    pipe.set(k, seal(k, v), ex=self.result_ttl_s)
+                await pipe.execute()
+            await self._patient(write)
         except RedisError as e:
             log.warning("replica lease: storing the result failed (%s); other replicas may recompute it", e)
+
+    async def _patient(self, op: Callable[[], Awaitable[T]]) -> T:
+        """``op()``, tried again with a growing pause while Redis fails, for up to ``outage_s``;
+        then the last error is raised."""
+        give_up, delay = time.monotonic() + self.outage_s, self.poll_s
+        while True:
+            try:
+                return await op()
+            except RedisError:
+                if time.monotonic() + delay > give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(self.max_poll_s, delay * 2)
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] += 1

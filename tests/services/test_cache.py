@@ -73,7 +73,8 @@ def test_key_format_and_determinism():
     k = key()
     assert k == key() and k.startswith(DEFAULT_PREFIX)
     digest = k[len(DEFAULT_PREFIX):]
-    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert digest[0] + digest[-1] == "{}"  # a Redis Cluster hash tag: the input's keys share a slot
+    assert len(digest) == 66 and int(digest[1:-1], 16) >= 0
     assert key(prefix="grm:v2:").endswith(digest)  # the prefix namespaces, the digest is the content
 
 
@@ -87,10 +88,10 @@ def test_key_is_the_sha256_of_a_canonical_json_text():
             '"sampling":{"adaptive":"off","adaptive_z":2,"k":4,"max_new_tokens":64,"seed":3,'
             '"shared_principles":false,"shuffle":true,"temperature":0.5,"top_p":0.9},'
             '"template_version":"default-v1"}')
-    assert key() == DEFAULT_PREFIX + hashlib.sha256(text.encode()).hexdigest()
+    assert key() == DEFAULT_PREFIX + "{" + hashlib.sha256(text.encode()).hexdigest() + "}"
     ints = text.replace('"temperature":0.5,"top_p":0.9', '"temperature":2,"top_p":1')
     floats = dataclasses.replace(SAMPLING, temperature=2.0, top_p=1.0)
-    assert key(sampling=floats) == DEFAULT_PREFIX + hashlib.sha256(ints.encode()).hexdigest()
+    assert key(sampling=floats) == DEFAULT_PREFIX + "{" + hashlib.sha256(ints.encode()).hexdigest() + "}"
 
 
 def test_equal_inputs_in_other_forms_give_equal_keys():
