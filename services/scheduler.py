@@ -1,9 +1,17 @@
 """Micro-batching scheduler: work from concurrent requests shares one engine pass.
 
 The asyncio side enqueues ``Plan``s (from ``GenerativeRewardModel.plan``) and awaits
-futures. One dedicated worker thread (model work never runs on the event loop) takes a
+futures. A dedicated worker thread (model work never runs on the event loop) takes a
 batch, runs ``run_plans(batch)`` once, and resolves each future on its own loop through
-``loop.call_soon_threadsafe``.
+``loop.call_soon_threadsafe``. An in-process engine has one worker (it owns the device);
+remote servers batch calls themselves, so ``workers`` passes may run at once there and a
+call that stalls on one server holds one worker, not the service.
+
+Callers are served in turn: every input is queued under its caller (``current_caller``,
+set by the servicer: a token's name or a peer) and a batch takes one input from each
+waiting caller in round-robin order; a caller that had nothing waiting goes first. So one
+caller's thousand queued inputs delay another's single input by the pass in progress,
+not by a thousand inputs.
 
 How a batch forms (docs/design.md, "Engines and batching": a short wait, capped by tokens). It rests
 on one fact: a decoding step is bound by reading the weights, so a step over many
@@ -39,11 +47,12 @@ Example (inside a coroutine)::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -52,6 +61,8 @@ from grm.judge import Plan
 from grm.types import ScoreResult
 
 log = logging.getLogger(__name__)
+# Who submits: the servicer sets it per call; inputs of the same caller queue in one line.
+current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("grm_caller", default="")
 
 
 class QueueFull(Exception):
@@ -77,12 +88,13 @@ class SchedulerConfig:
     # ``Plan.cost`` counts them): inputs differ a thousandfold in cost, so a bound in calls
     # alone lets a few huge inputs queue hours of work. 0 = no bound.
     max_queue_tokens: int = 0
+    workers: int = 1  # engine passes at once: 1 for an in-process engine; more for remote servers
 
     def __post_init__(self) -> None:
         for name in ("max_wait_ms", "max_linger_ms"):
             if not 0 <= getattr(self, name) <= 10_000:
                 raise ValueError(f"SchedulerConfig.{name} must be in 0..10000, got {getattr(self, name)}")
-        for name in ("max_batch_tokens", "max_batch_sequences", "max_queue"):
+        for name in ("max_batch_tokens", "max_batch_sequences", "max_queue", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue_tokens < 0:
@@ -127,6 +139,7 @@ class _Work:
     deadline: Deadline
     tokens: int
     sequences: int
+    caller: str
 
     def gone(self, now: float) -> str | None:
         if self.future.cancelled():  # read across threads: a flag that only ever turns on
@@ -165,23 +178,27 @@ class Scheduler:
         self.run_plans = run_plans
         self.config = config
         self.metrics = metrics  # a services.metrics.ServiceMetrics, or None
-        self._queue: deque[_Work] = deque()
+        # One line per caller with inputs waiting; the first caller is the next to be served.
+        self._lines: OrderedDict[str, deque[_Work]] = OrderedDict()
+        self._depth = self._queued_tokens = self._queued_sequences = 0
         self._cond = threading.Condition()
         self._incoming = 0  # announced inputs not yet submitted
         self._last_arrival = 0.0  # time.monotonic() of the latest submit
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="grm-scheduler", daemon=True)
+        self._threads = [threading.Thread(target=self._loop, name=f"grm-scheduler-{i}", daemon=True)
+                         for i in range(config.workers)]
 
     def start(self) -> "Scheduler":
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return self._depth
 
     def free_slots(self) -> int:
-        return self.config.max_queue - len(self._queue)
+        return self.config.max_queue - self._depth
 
     def expect(self, n: int) -> Ticket:
         """Announce ``n`` inputs about to be submitted (release the ticket when done)."""
@@ -199,17 +216,21 @@ class Scheduler:
         ``deadline`` is read, never written, so the default that never passes can be shared."""
         loop = asyncio.get_running_loop()
         tokens, sequences = plan.cost
-        work = _Work(plan, loop.create_future(), loop, deadline, tokens, sequences)
+        work = _Work(plan, loop.create_future(), loop, deadline, tokens, sequences, current_caller.get())
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the server is shutting down")
-            if len(self._queue) >= self.config.max_queue:
+            if self._depth >= self.config.max_queue:
                 raise QueueFull(f"the scheduler queue is full ({self.config.max_queue} inputs waiting)")
             bound = self.config.max_queue_tokens
-            if bound and tokens + sum(w.tokens for w in self._queue) > bound:
+            if bound and tokens + self._queued_tokens > bound:
                 raise QueueFull(f"the queued work would pass max_queue_tokens ({bound} tokens; this input "
                                 f"needs {tokens})")
-            self._queue.append(work)
+            if work.caller not in self._lines:  # a caller that had nothing waiting is next in turn
+                self._lines[work.caller] = deque()
+                self._lines.move_to_end(work.caller, last=False)
+            self._lines[work.caller].append(work)
+            self._count_queued(work, +1)
             self._last_arrival = time.monotonic()
             self._set_depth()
             self._cond.notify_all()
@@ -218,12 +239,14 @@ class Scheduler:
         return work.future
 
     def close(self, timeout: float | None = None) -> None:
-        """Run what is queued, then stop the worker; later submits raise SchedulerClosed."""
+        """Run what is queued, then stop the workers; later submits raise SchedulerClosed."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(None if end is None else max(0.0, end - time.monotonic()))
 
     # ------------------------------------------------------------------ worker thread
 
@@ -236,9 +259,9 @@ class Scheduler:
         """The next batch ([] when everything taken was dropped); None once closed and empty."""
         cfg = self.config
         with self._cond:
-            while not self._queue and not self._closed:
+            while not self._depth and not self._closed:
                 self._cond.wait()
-            if not self._queue:
+            if not self._depth:
                 return None
             start = time.monotonic()
             while self._incoming > 0 and not self._closed and not self._queue_full_batch():
@@ -256,24 +279,37 @@ class Scheduler:
         return batch
 
     def _queue_full_batch(self) -> bool:
-        tokens = sum(w.tokens for w in self._queue)
-        sequences = sum(w.sequences for w in self._queue)
-        return tokens >= self.config.max_batch_tokens or sequences >= self.config.max_batch_sequences
+        return (self._queued_tokens >= self.config.max_batch_tokens
+                or self._queued_sequences >= self.config.max_batch_sequences)
 
     def _pop_batch(self) -> tuple[list[_Work], list[tuple[_Work, str]]]:
+        """Inputs in turn, one from each caller's line, until the next one would pass a cap."""
         now = time.monotonic()
         batch, dropped, tokens, sequences = [], [], 0, 0
-        while self._queue:
-            work = self._queue[0]
-            if (reason := work.gone(now)) is not None:
-                dropped.append((self._queue.popleft(), reason))
-                continue
-            if batch and (tokens + work.tokens > self.config.max_batch_tokens
-                          or sequences + work.sequences > self.config.max_batch_sequences):
+        while self._lines:
+            caller, line = next(iter(self._lines.items()))
+            work = line[0]
+            if (reason := work.gone(now)) is None and batch and (
+                    tokens + work.tokens > self.config.max_batch_tokens
+                    or sequences + work.sequences > self.config.max_batch_sequences):
                 break
-            batch.append(self._queue.popleft())
+            line.popleft()
+            self._count_queued(work, -1)
+            if line:  # its turn is over: to the back of the round
+                self._lines.move_to_end(caller)
+            else:
+                del self._lines[caller]
+            if reason is not None:
+                dropped.append((work, reason))
+                continue
+            batch.append(work)
             tokens, sequences = tokens + work.tokens, sequences + work.sequences
         return batch, dropped
+
+    def _count_queued(self, work: _Work, sign: int) -> None:
+        self._depth += sign
+        self._queued_tokens += sign * work.tokens
+        self._queued_sequences += sign * work.sequences
 
     def _run(self, batch: list[_Work]) -> None:
         if self.metrics is not None:
@@ -334,7 +370,7 @@ class Scheduler:
 
     def _set_depth(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue_depth.set(len(self._queue))
+            self.metrics.queue_depth.set(self._depth)
 
 
 def _latest(batch: list[_Work]) -> float | None:

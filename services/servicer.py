@@ -44,9 +44,9 @@ from services.cache import DEFAULT_PREFIX, cache_key
 from services.convert import CachePolicy, result_to_proto, sampling_to_proto
 from services.metrics import ServiceMetrics
 from services.proto.grm.v1 import reward_pb2 as pb
-from services.admission import Admission, AdmissionConfig, Refused
+from services.admission import Admission, AdmissionConfig, Refused, requested_sequences
 from services.result_store import ResultStore
-from services.scheduler import Deadline, DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, Ticket
+from services.scheduler import Deadline, DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, Ticket, current_caller
 from services.security import TokenFile
 from services.singleflight import Singleflight
 from services.validation import Limits, Request, ValidationError, parse_batch, parse_score
@@ -145,6 +145,7 @@ class RewardServicer:
             try:
                 name_of_caller = self._caller(context)
                 caller = self._admit(request, name_of_caller)
+                current_caller.set(caller)  # the scheduler serves callers in turn
                 context.set_trailing_metadata(((REPLICA_HEADER, self.replica_id),))  # which replica answered
                 return await fn(request, context)
             except RpcFailure as e:
@@ -160,7 +161,7 @@ class RewardServicer:
             finally:
                 self._in_flight -= 1
                 if caller is not None:  # admitted: its place in the caller's budget is free again
-                    self.admission.leave(caller)
+                    self.admission.leave(caller, requested_sequences(request, self.defaults.k))
                 self.metrics.requests.labels(name, code.name).inc()
                 if self.tokens is not None:  # callers by token name; peers without tokens are too many to label
                     label = name_of_caller or "(no valid token)"  # refused callers keep their name
@@ -194,11 +195,11 @@ class RewardServicer:
             raise RpcFailure(Code.RESOURCE_EXHAUSTED, f"the server is busy: {self.max_concurrent_rpcs} calls "
                              "in flight already (max_concurrent_rpcs); retry later")
         try:
-            self.admission.enter(caller)
+            self.admission.enter(caller, requested_sequences(request, self.defaults.k))
         except Refused as e:
             raise RpcFailure(Code.RESOURCE_EXHAUSTED, str(e), e.retry_after_s) from None
         if isinstance(request, _Malformed):
-            self.admission.leave(caller)
+            self.admission.leave(caller, requested_sequences(request, self.defaults.k))
             raise RpcFailure(Code.INVALID_ARGUMENT, request.message)
         return caller
 

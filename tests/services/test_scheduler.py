@@ -11,7 +11,8 @@ import pytest
 
 from grm.types import SamplingOptions, ScoreInput
 from services.metrics import ServiceMetrics
-from services.scheduler import Deadline, DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, SchedulerConfig
+from services.scheduler import (Deadline, DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, SchedulerConfig,
+                                current_caller)
 
 SAMPLING = SamplingOptions(k=2, max_new_tokens=8)
 
@@ -186,3 +187,60 @@ def test_config_is_validated():
         SchedulerConfig(max_queue=0)
     with pytest.raises(ValueError, match="max_wait_ms must be in 0..10000"):
         SchedulerConfig(max_wait_ms=-1)
+
+
+def test_callers_are_served_in_turn_not_first_come_first_served(judge):
+    """One caller's queued inputs do not stand before another's: each pass takes inputs from
+    every waiting caller in turn (was: the flooder's four inputs ran first)."""
+    flood, polite = plans(judge, 5)[:4], plans(judge, 5)[4]
+    batches = []
+
+    def run_plans(batch):
+        batches.append([p.prompts[0].ids for p in batch])
+        return judge.run_plans(batch)
+
+    scheduler = Scheduler(run_plans, SchedulerConfig(max_batch_sequences=2 * SAMPLING.k))  # two inputs a pass
+
+    async def main():
+        current_caller.set("flooder")
+        futures = [scheduler.submit(p) for p in flood]
+        current_caller.set("polite")
+        futures.append(scheduler.submit(polite))
+        scheduler.start()
+        await asyncio.gather(*futures)
+
+    try:
+        asyncio.run(main())
+    finally:
+        scheduler.close()
+    assert batches[0] == [polite.prompts[0].ids, flood[0].prompts[0].ids]  # it had nothing waiting: first
+    assert [len(b) for b in batches] == [2, 2, 1]
+
+
+def test_with_two_workers_a_stuck_pass_does_not_hold_the_next(judge):
+    """A remote engine runs passes side by side: one that hangs holds one worker only."""
+    stuck, quick = plans(judge, 2)
+    release = threading.Event()
+
+    def run_plans(batch):
+        if batch[0].prompts[0].ids == stuck.prompts[0].ids:
+            release.wait(30)
+        return judge.run_plans(batch)
+
+    scheduler = Scheduler(run_plans, SchedulerConfig(workers=2)).start()
+
+    async def main():
+        held = scheduler.submit(stuck)
+        await asyncio.sleep(0.2)  # the stuck pass has begun
+        result = await asyncio.wait_for(scheduler.submit(quick), 30)
+        still_held = not held.done()
+        release.set()
+        await held
+        return result, still_held
+
+    try:
+        result, still_held = asyncio.run(main())
+    finally:
+        release.set()
+        scheduler.close()
+    assert len(result.judgments) == SAMPLING.k and still_held
