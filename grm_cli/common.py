@@ -17,6 +17,7 @@ from collections.abc import Callable
 from grm.default_model import default_meta_rm_path, default_model_path
 from grm.judge import GenerativeRewardModel
 from grm.types import ScoreInput, ScoreResult
+from services.security import TLSFiles, check_bind
 
 # Bidirectional overrides and isolates: shown as escapes, since they reorder the text after them.
 _BIDI = {0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
@@ -48,6 +49,40 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint path, hub id, .gguf file, LoRA adapter folder or base name "
                    "(smollm2-135m-instruct); default: the bundled GRM")
     p.add_argument("--meta-rm", help="meta RM checkpoint (needed for --aggregation meta_voting)")
+
+
+def add_server_safety_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The flags every command that serves a port shares: TLS, tokens, the bind rule, host names."""
+    net = p.add_argument_group("network safety")
+    net.add_argument("--tls-cert", help="PEM certificate chain: TLS on the served ports")
+    net.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    net.add_argument("--allow-expired-cert", action="store_true",
+                     help="serve with an expired --tls-cert (refused by default; clients will refuse it too)")
+    net.add_argument("--token-file", help="bearer tokens, one 'NAME TOKEN' a line; reread on SIGHUP")
+    net.add_argument("--insecure", action="store_true",
+                     help="allow a non-loopback --host without TLS and tokens")
+    net.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                     help="a name browsers may reach this server by, besides its addresses and --host "
+                          "(repeatable; other names are refused against DNS rebinding)")
+    return net
+
+
+def server_tls(args: argparse.Namespace, client_ca: str | None = None) -> TLSFiles | None:
+    """The TLS files the flags name, checked (ValueError names the flag's file and the fault)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("give --tls-cert and --tls-key together")
+    if client_ca and args.tls_cert is None:
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.tls_cert is None:
+        return None
+    return TLSFiles(args.tls_cert, args.tls_key, client_ca, allow_expired=args.allow_expired_cert)
+
+
+def check_binds(args: argparse.Namespace, tls: TLSFiles | None, **hosts: str | None) -> None:
+    """The bind rule (``services.security.check_bind``) for each served host, named by its flag."""
+    for flag, host in hosts.items():
+        if host is not None:
+            check_bind(host, tls, args.token_file, args.insecure, "--" + flag.replace("_", "-"))
 
 
 def load_input(args: argparse.Namespace) -> ScoreInput:

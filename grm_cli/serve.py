@@ -12,13 +12,12 @@ import argparse
 import asyncio
 
 from grm.types import SamplingOptions
-from grm_cli.common import add_model_args, set_threads
+from grm_cli.common import add_model_args, add_server_safety_args, check_binds, server_tls, set_threads
 from grm_cli.engine_flags import add_engine_args, serve_loader
 from services.admission import AdmissionConfig
 from services.cache import MemoryCache, RedisCache
 from services.scheduler import SchedulerConfig
-from services.security import TLSFiles, check_bind
-from services.server import ServerConfig, run_until_signal
+from services.server import ServerConfig, grpc_address, run_until_signal
 from services.validation import Limits
 
 NAME = "serve"
@@ -75,15 +74,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_security_args(p: argparse.ArgumentParser) -> None:
     """TLS, tokens, the bind rule and per-caller admission limits (docs: README, "Running it on a network")."""
-    net = p.add_argument_group("network safety")
-    net.add_argument("--tls-cert", help="PEM certificate chain: TLS on the gRPC and HTTP ports")
-    net.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    net = add_server_safety_args(p)
     net.add_argument("--tls-client-ca", help="PEM CA that client certificates must chain to (mutual TLS)")
-    net.add_argument("--token-file", help="bearer tokens, one 'NAME TOKEN' a line; reread on SIGHUP")
-    net.add_argument("--insecure", action="store_true",
-                     help="allow a non-loopback --host without TLS and tokens")
+    net.add_argument("--inspector-admin", action="append", default=[], metavar="NAME",
+                     help="a token name that sees every caller's recorded inputs in the inspector "
+                          "(repeatable; other callers see their own)")
     net.add_argument("--metrics-host", default="127.0.0.1",
-                     help="interface of the /metrics port (default 127.0.0.1: this machine only)")
+                     help="interface of the /metrics port (default 127.0.0.1: this machine only; "
+                          "beyond it the bind rule of --host applies)")
     net.add_argument("--max-calls-per-caller", type=int, default=0,
                      help="calls in progress per token name (or per peer without tokens); 0 = no cap")
     net.add_argument("--calls-per-s", type=float, default=0.0,
@@ -103,19 +101,16 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
                                 max_batch_tokens=args.max_batch_tokens,
                                 max_batch_sequences=args.max_batch_sequences, max_queue=args.max_queue,
                                 max_queue_tokens=args.max_queue_tokens)
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ValueError("give --tls-cert and --tls-key together")
-    tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    if args.tls_client_ca and tls is None:
-        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
-    check_bind(args.host, tls, args.token_file, args.insecure)
+    tls = server_tls(args, args.tls_client_ca)
+    check_binds(args, tls, host=args.host, metrics_host=None if args.metrics_port < 0 else args.metrics_host)
     admission = AdmissionConfig(max_calls_per_caller=args.max_calls_per_caller, calls_per_s=args.calls_per_s,
                                 burst=args.burst)
     return ServerConfig(limits=limits, defaults=defaults, scheduler=scheduler,
                         max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace,
                         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
                         metrics_host=args.metrics_host, http_port=None if args.http_port < 0 else args.http_port,
-                        record=args.record, tls=tls, token_file=args.token_file, admission=admission)
+                        record=args.record, tls=tls, token_file=args.token_file, admission=admission,
+                        admins=tuple(args.inspector_admin), allowed_hosts=tuple(args.allowed_host))
 
 
 def cache_factory(args: argparse.Namespace):
@@ -139,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print(message, flush=True)
 
     try:
-        return asyncio.run(run_until_signal(loader, f"{args.host}:{args.port}", config,
+        return asyncio.run(run_until_signal(loader, grpc_address(args.host, args.port), config,
                                             cache_factory(args), say))
     except OSError as e:
         raise SystemExit(f"grm serve: {e}") from None

@@ -20,14 +20,11 @@ over ``HTTPLimits.max_body_bytes`` 413, a body not received in full within
 The endpoint is an aiohttp server on its own event loop in a daemon thread, so nothing
 a client does to the HTTP port (idle or slow connections, floods) runs on the gRPC
 server's loop. aiohttp is used because it is maintained, already a dependency, and its
-low-level server lets this module own the connection-level limits (``HTTPLimits``):
-
-- at most ``max_connections`` open connections (never more than a quarter of the
-  process's open-file limit, so gRPC always has file descriptors left); a few
-  connections past the cap are answered 503 naming the limit, the rest are reset;
-- a connection whose request headers are not complete within ``header_timeout_s`` is
-  closed, and one whose body is not complete within ``body_timeout_s`` gets 408;
-- one request per connection (``Connection: close``), so no idle keep-alive lingers.
+low-level server lets the project own the connection-level limits (``HTTPLimits``,
+enforced from accept, before TLS, by services/http_gate.py): connection caps overall and
+per client address, a header deadline, a body deadline (408), and one request per
+connection (``Connection: close``), so no idle keep-alive lingers. On ``stop`` a request
+still unanswered when the grace ends gets 503 rather than a closed connection.
 
 The same port serves the judgment inspector's pages under ``/inspect`` when one is given
 (services/inspector), behind the same connection limits and timeouts.
@@ -45,13 +42,14 @@ its answer is counted (``hangups``) and logged at debug level, never as a traceb
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import math
-import resource
 import socket
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,46 +60,20 @@ from aiohttp import web
 from grm.grouping import END_MARKERS, Row, RowScore, strip_end_markers
 from services.client import CALL_METADATA, RetryPolicy, RewardClient, batch_request
 from services.inspector.app import MAX_FORM_BYTES, Inspector, Reply
+from services.browser_guard import BrowserGuard
+from services.http_gate import REQUEST_LOG, GatedServer, HTTPLimits, quiet_accept_errors
 from services.inspector.recorder import CALLER_METADATA
-from services.security import TokenFile
+from services.security import TokenFile, vouch_for
 
 log = logging.getLogger(__name__)
 PATHS = ("/get_reward", "/")
 HTTP_FOR_GRPC = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
                  grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.INVALID_ARGUMENT: 400,
                  grpc.StatusCode.UNAUTHENTICATED: 401}
-FD_SHARE = 4  # the HTTP side may hold at most 1/FD_SHARE of the process's open-file limit
 # After an early answer (413, 408) the unread rest of a body is drained this long before
 # closing, so that a client still sending sees the answer rather than a reset.
 LINGER_S = 1.0
-REFUSE_WAIT_S = 1.0  # how long a connection past the cap may take to send the headers of its 503
-
-
-@dataclass(frozen=True)
-class HTTPLimits:
-    """Connection-level limits of the endpoint: what a client may hold, and for how long."""
-
-    max_connections: int = 256  # open HTTP connections; also capped by the open-file limit
-    header_timeout_s: float = 5.0  # from accept to complete request headers
-    body_timeout_s: float = 30.0  # from complete headers to complete body
-    max_body_bytes: int = 256 * 2**20
-    workers: int = 16  # threads parsing bodies and waiting on gRPC
-    backlog: int = 128  # the listen queue
-    grace_s: float = 30.0  # how long stop() lets requests being answered finish
-
-    def __post_init__(self) -> None:
-        for name in ("max_connections", "max_body_bytes", "workers", "backlog"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"HTTPLimits.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("header_timeout_s", "body_timeout_s", "grace_s"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ValueError(f"HTTPLimits.{name} must be a positive number of seconds, got {getattr(self, name)}")
-
-    def connection_cap(self) -> int:
-        """``max_connections``, lowered so the HTTP side leaves most file descriptors to gRPC."""
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return self.max_connections if soft == resource.RLIM_INFINITY else max(1, min(self.max_connections,
-                                                                                       soft // FD_SHARE))
+CUT_MARGIN_S = 0.5  # at stop, requests still unanswered this long before the grace ends get 503
 
 
 class BadRequest(ValueError):
@@ -170,58 +142,6 @@ def _reply(status: int, body: dict) -> web.Response:
     return response
 
 
-class _GuardedServer(web.Server):
-    """aiohttp's low-level server plus the connection cap and the header deadline.
-
-    Past the cap, up to a quarter of it more connections are kept briefly to be answered
-    503 naming the limit (their headers must come within ``REFUSE_WAIT_S``); past that,
-    a connection is reset at once, so a flood never holds more file descriptors.
-    """
-
-    def __init__(self, handler, limits: HTTPLimits, **kwargs):
-        super().__init__(handler, **kwargs)
-        self.cap, self.header_timeout_s = limits.connection_cap(), limits.header_timeout_s
-        self.open: dict[web.RequestHandler, asyncio.BaseTransport] = {}  # counted against the cap
-        self.turned_away: dict[web.RequestHandler, asyncio.BaseTransport] = {}  # to be answered 503
-        self._timers: dict[web.RequestHandler, asyncio.TimerHandle] = {}  # until the headers are in
-        self.refused = self.expired = 0
-
-    def connection_made(self, handler, transport) -> None:
-        super().connection_made(handler, transport)
-        loop = asyncio.get_running_loop()
-        if len(self.open) < self.cap:
-            self.open[handler] = transport
-            wait = self.header_timeout_s
-        elif len(self.turned_away) < max(1, self.cap // 4):
-            self.turned_away[handler] = transport
-            wait = min(REFUSE_WAIT_S, self.header_timeout_s)
-        else:
-            self.refused += 1
-            # on the next loop turn: aiohttp starts the handler's task after this hook,
-            # and that task must see the connection open before it sees it lost
-            loop.call_soon(transport.abort)
-            return
-        self._timers[handler] = loop.call_later(wait, self._expire, handler)
-
-    def connection_lost(self, handler, exc=None) -> None:
-        self.open.pop(handler, None)
-        self.turned_away.pop(handler, None)
-        self.headers_done(handler)
-        super().connection_lost(handler, exc)
-
-    def headers_done(self, handler) -> None:
-        timer = self._timers.pop(handler, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _expire(self, handler) -> None:
-        self._timers.pop(handler, None)
-        transport = self.open.get(handler) or self.turned_away.get(handler)
-        if transport is not None and not transport.is_closing():  # no request in time: free the slot
-            self.expired += 1
-            transport.abort()
-
-
 class RewardHTTPServer:
     """The endpoint on ``host:port`` (0 = a free port), scoring through ``grpc_target``.
 
@@ -229,13 +149,15 @@ class RewardHTTPServer:
     ``timeout_s`` is each call's deadline; ``limits`` bound connections and timeouts.
     ``inspector`` (services/inspector) serves its pages under ``/inspect`` behind the same
     limits; it is closed with the server. ``grpc_target`` None serves the inspector alone.
-    The port is bound at construction; ``start`` begins serving.
+    Browsers meet ``services.browser_guard`` (``allowed_hosts``: names of this server besides
+    the bound one). The port is bound at construction; ``start`` begins serving.
     """
 
     def __init__(self, grpc_target: str | None, host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 300.0,
                  per_response: bool = False, limits: HTTPLimits = HTTPLimits(),
                  end_markers: Sequence[str] = END_MARKERS, inspector: Inspector | None = None,
-                 ssl_context: ssl.SSLContext | None = None, tokens: TokenFile | None = None, **options):
+                 ssl_context: ssl.SSLContext | None = None, tokens: TokenFile | None = None,
+                 allowed_hosts: Sequence[str] = (), **options):
         batch_request((), **options)  # unknown or invalid options fail at start-up
         self.limits, self.per_response, self.options = limits, per_response, options
         self.end_markers = tuple(end_markers)  # the policy's end and padding markers, cut off queries
@@ -248,14 +170,18 @@ class RewardHTTPServer:
         # TLS as on the gRPC port; with tokens every request needs "Authorization: Bearer ...",
         # which is passed on to the gRPC service, so HTTP callers meet their own token's limits.
         self.ssl_context, self.tokens = ssl_context, tokens
+        self.browsers = BrowserGuard(host, allowed_hosts)  # DNS rebinding and cross-site requests
         self.hangups = 0  # clients that left before their answer
-        self._sock = socket.create_server((host, port), backlog=limits.backlog)
+        self._sock = _listen(host.strip("[]"), port, limits.backlog)
         self.port = self._sock.getsockname()[1]
         self._pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="grm-http-score")
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(quiet_accept_errors())
         self._thread = threading.Thread(target=self._loop.run_forever, name="grm-http", daemon=True)
-        self._runner: web.ServerRunner | None = None
-        self._server: _GuardedServer | None = None
+        self._server: GatedServer | None = None
+        self._listener: asyncio.Server | None = None
+        self._answering = 0  # requests waiting for their answer on the pool
+        self._cut: asyncio.Event | None = None  # set when stop's grace ends: the waits left answer 503
 
     @property
     def open_connections(self) -> int:
@@ -263,17 +189,17 @@ class RewardHTTPServer:
 
     @property
     def refused(self) -> int:
-        """Connections answered 503 or reset because ``max_connections`` were open."""
+        """Connections answered 503 or reset because a connection cap was reached."""
         return self._server.refused if self._server else 0
 
     @property
     def turned_away(self) -> int:
-        """Connections past the cap, held briefly to be answered 503."""
+        """Connections past a cap, held briefly to be answered 503."""
         return len(self._server.turned_away) if self._server else 0
 
     @property
     def expired(self) -> int:
-        """Connections closed because their request headers did not arrive in time."""
+        """Connections closed because their TLS handshake or request headers did not arrive in time."""
         return self._server.expired if self._server else 0
 
     def start(self) -> "RewardHTTPServer":
@@ -282,7 +208,7 @@ class RewardHTTPServer:
         return self
 
     def stop(self) -> None:
-        """Stop accepting; requests being answered get up to ``limits.grace_s`` to finish."""
+        """Stop accepting; requests being answered get up to ``limits.grace_s`` to finish, then 503."""
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(self.limits.grace_s + 10)
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -295,13 +221,31 @@ class RewardHTTPServer:
             self.inspector.close()
 
     async def _open(self) -> None:
-        self._server = _GuardedServer(self._handle, self.limits, access_log=None, lingering_time=LINGER_S)
-        self._runner = web.ServerRunner(self._server, shutdown_timeout=self.limits.grace_s)
-        await self._runner.setup()
-        await web.SockSite(self._runner, self._sock, backlog=self.limits.backlog, ssl_context=self.ssl_context).start()
+        self._cut = asyncio.Event()
+        self._server = GatedServer(self._handle, self.limits, self.ssl_context, access_log=None,
+                                   lingering_time=LINGER_S, logger=REQUEST_LOG)
+        self._listener = await asyncio.get_running_loop().create_server(self._server.door, sock=self._sock,
+                                                                        backlog=self.limits.backlog)
 
     async def _close(self) -> None:
-        await self._runner.cleanup()
+        self._listener.close()
+        cut_at = time.monotonic() + max(0.0, self.limits.grace_s - CUT_MARGIN_S)
+        while self._answering and time.monotonic() < cut_at:
+            await asyncio.sleep(0.02)
+        self._cut.set()  # the requests still waiting are answered 503 now, not cut off mid-air
+        await self._server.shutdown(CUT_MARGIN_S)
+
+    async def _answer_on_pool(self, fn, *args):
+        """``fn(*args)`` on the pool; None when stop's grace ended first."""
+        work = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        cut = asyncio.ensure_future(self._cut.wait())
+        self._answering += 1
+        try:
+            done, _ = await asyncio.wait({work, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._answering -= 1
+            cut.cancel()
+        return work.result() if work in done else None
 
     def score(self, rows: list[Row]) -> dict:
         return reply_body(self.client.score_rows(rows, per_response=self.per_response, **self.options))
@@ -310,7 +254,8 @@ class RewardHTTPServer:
         """The status and JSON reply for one request body (runs on a pool thread)."""
         if self.client is None:
             return 503, {"error": "service: no reward service behind this port (inspector only)"}
-        metadata = ((CALLER_METADATA, f"http {caller}"),)  # for the request recorder
+        # for the request recorder, and (without tokens) the client's own budget
+        metadata = ((CALLER_METADATA, f"http {caller}"), vouch_for(caller.rsplit(":", 1)[0]))
         if authorization:
             metadata += (("authorization", authorization),)
         token = CALL_METADATA.set(metadata)
@@ -329,15 +274,20 @@ class RewardHTTPServer:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self._server.headers_done(request.protocol)
-        if request.protocol in self._server.turned_away:
+        if self._server.turned_away_handler(request.protocol):
             self._server.refused += 1
-            return _reply(503, {"error": f"connections: at most {self._server.cap} open at once; retry"})
+            return _reply(503, {"error": f"connections: at most {self._server.cap} open at once "
+                                         f"({self._server.per_peer} from one address); retry"})
+        page = self.inspector is not None and self.inspector.owns(request.path)
+        refused = self.browsers.refusal(request.method, request.headers, request.host, page)
+        if refused is not None:
+            return _reply(403, {"error": refused})
         authorization = request.headers.get("Authorization")
         if self.tokens is not None and self.tokens.identify(authorization) is None:
             response = _reply(401, {"error": "Authorization: a valid bearer token is required"})
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
-        if self.inspector is not None and self.inspector.owns(request.path):
+        if page:
             return await self._inspect(request)
         refusal = self._refusal(request)
         if refusal is not None:
@@ -345,10 +295,12 @@ class RewardHTTPServer:
         raw = await self._body(request)
         if isinstance(raw, web.Response):
             return raw
-        status, body = await asyncio.get_running_loop().run_in_executor(self._pool, self.answer, raw,
-                                                                        _peer(request), authorization)
+        answered = await self._answer_on_pool(self.answer, raw, _peer(request), authorization)
+        if answered is None:
+            return _stopped()
         if request.transport is None or request.transport.is_closing():
             return self._hung_up(request)
+        status, body = answered
         response = _reply(status, body)
         if "retry_after_s" in body:
             response.headers["Retry-After"] = str(body["retry_after_s"])
@@ -358,8 +310,6 @@ class RewardHTTPServer:
         """An inspector page: the form body (bounded, on the same deadline) goes with it to a pool thread."""
         form = b""
         if request.method == "POST":
-            if not _same_origin(request):
-                return _reply(403, {"error": "Origin: a form may only be posted from the inspector's own pages"})
             if request.content_length is None:
                 return _reply(411, {"error": "Content-Length: required"})
             if request.content_length > MAX_FORM_BYTES:
@@ -367,9 +317,11 @@ class RewardHTTPServer:
             form = await self._body(request)
             if isinstance(form, web.Response):
                 return form
-        reply: Reply = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self.inspector.respond, request.method, request.path, form, _peer(request),
+        reply: Reply | None = await self._answer_on_pool(
+            self.inspector.respond, request.method, request.path, form, _peer(request),
             request.headers.get("Authorization"))
+        if reply is None:
+            return _stopped()
         if request.transport is None or request.transport.is_closing():
             return self._hung_up(request)
         response = web.Response(status=reply.status, body=b"" if request.method == "HEAD" else reply.body,
@@ -416,7 +368,16 @@ def _peer(request: web.BaseRequest) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(request.remote or "unknown")
 
 
-def _same_origin(request: web.BaseRequest) -> bool:
-    """A browser names the page a form was posted from; another site's page may not post here."""
-    origin = request.headers.get("Origin")
-    return origin is None or origin.split("://", 1)[-1] == request.host
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    """The listening socket: IPv6 for an IPv6 address (both families for ``::``), else IPv4."""
+    try:
+        v6 = isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
+    except ValueError:
+        v6 = False
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog, dualstack_ipv6=v6 and host == "::")
+
+
+def _stopped() -> web.Response:
+    return _reply(503, {"error": "service: the server stopped before this answer was ready (its grace "
+                                 "ended); retry"})

@@ -35,12 +35,13 @@ from grm.judge import GenerativeRewardModel
 from grm.types import SamplingOptions
 from services.admission import Admission, AdmissionConfig
 from services.cache import DEFAULT_PREFIX, RedisCache
-from services.http_reward import HTTPLimits, RewardHTTPServer
+from services.http_gate import HTTPLimits
+from services.http_reward import RewardHTTPServer
 from services.inspector import Inspector, RecentRequests
 from services.lease import ReplicaLease
 from services.metrics import ServiceMetrics
 from services.scheduler import Scheduler, SchedulerConfig
-from services.security import TLSFiles, TokenFile
+from services.security import TLSFiles, TokenFile, TokenGate
 from services.servicer import SERVICE_NAME, Backend, RewardServicer
 from services.validation import Limits
 
@@ -63,6 +64,8 @@ class ServerConfig:
     record: int = 0  # scored inputs kept for the inspector's recent-requests pages; 0 = off (privacy)
     tls: TLSFiles | None = None  # TLS (and with a client CA, mutual TLS) on the gRPC and HTTP ports
     token_file: str | None = None  # bearer tokens by name (services/security.py); None = no tokens
+    admins: tuple[str, ...] = ()  # token names that see every caller's recorded inputs in the inspector
+    allowed_hosts: tuple[str, ...] = ()  # names of this server a browser may use, besides the bound one
     admission: AdmissionConfig = AdmissionConfig()  # per-caller limits (services/admission.py)
 
     def __post_init__(self) -> None:
@@ -80,6 +83,13 @@ class ServerConfig:
             raise ValueError(f"ServerConfig.http_port must be in 0..65535 or None, got {self.http_port}")
         if self.record < 0:
             raise ValueError(f"ServerConfig.record must be >= 0 (0 = off), got {self.record}")
+        if self.token_file is not None:  # a bad file fails here, with its line, not at the first call
+            try:
+                TokenFile(self.token_file)
+            except OSError as e:
+                raise ValueError(f"ServerConfig.token_file: cannot read {self.token_file!r}: {e.strerror}") from None
+        if self.admins and self.token_file is None:
+            raise ValueError("ServerConfig.admins name tokens: give a token_file too")
 
 
 class RewardServer:
@@ -172,8 +182,8 @@ async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.
     metrics = ServiceMetrics()
     servicer = RewardServicer(config.limits, config.defaults, metrics, cache, config.cache_prefix, SERVER_VERSION,
                               config.max_concurrent_rpcs)
-    servicer.recorder = RecentRequests(config.record) if config.record else None
     servicer.tokens = TokenFile(config.token_file) if config.token_file else None
+    servicer.recorder = RecentRequests(config.record, tokens=servicer.tokens) if config.record else None
     servicer.admission = Admission(config.admission)
     if isinstance(cache, RedisCache):  # replicas sharing this Redis run identical work once
         servicer.lease = ReplicaLease(cache.url, owner=servicer.replica_id, metrics=metrics, result_ttl_s=cache.ttl_s)
@@ -182,7 +192,11 @@ async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     # No maximum_concurrent_rpcs here: grpc would refuse past it before any handler of ours
     # runs, so the refusals would go uncounted; the servicer enforces the limit instead.
+    # With tokens, a call without one is refused on its metadata, before its message is read.
+    gate = () if servicer.tokens is None else (
+        TokenGate(servicer.tokens, SERVICE_NAME, lambda method: _count_unauthenticated(metrics, method)),)
     server = grpc.aio.server(
+        interceptors=gate,
         options=[("grpc.max_receive_message_length", config.limits.max_message_bytes),
                  ("grpc.max_send_message_length", -1),  # replies with judgments can be large
                  ("grpc.so_reuseport", 0)])  # a port in use must fail loudly, not be shared
@@ -211,22 +225,39 @@ async def create_server(judge_or_loader: JudgeOrLoader, address: str = "127.0.0.
     srv.private_dir = private  # the HTTP front end's unix socket folder, removed at stop
     if config.http_port is not None:
         host = address.rsplit(":", 1)[0]
-        http_host = "0.0.0.0" if host in ("[::]", "::") else host  # the HTTP socket is IPv4 only
         target = f"unix:{private}/grpc.sock" if private else f"{loopback(host)}:{port}"
-        srv.http = RewardHTTPServer(target, http_host, config.http_port, inspector=Inspector(servicer.recorder),
+        inspector = Inspector(servicer.recorder, tokens=servicer.tokens, admins=config.admins)
+        srv.http = RewardHTTPServer(target, host, config.http_port, inspector=inspector,
                                     ssl_context=config.tls.ssl_context() if config.tls else None,
-                                    tokens=servicer.tokens,
+                                    tokens=servicer.tokens, allowed_hosts=config.allowed_hosts,
                                     limits=HTTPLimits(grace_s=max(config.grace_s, 0.1))).start()  # one grace for both ports
     srv._begin_loading(judge_or_loader)
     return srv, port
 
 
-def _reload_tokens(tokens: TokenFile, say: Callable[[str], None]) -> None:
-    """SIGHUP: reread the token file; a file that does not parse keeps the tokens in use."""
+def _count_unauthenticated(metrics: ServiceMetrics, method: str) -> None:
+    """Count a call the token gate refused, as the servicer counts the calls it answers."""
+    method = method if method in ("Score", "ScoreBatch", "GetInfo") else "(unknown method)"  # labels stay bounded
+    metrics.requests.labels(method, "UNAUTHENTICATED").inc()
+    metrics.caller_requests.labels("(no valid token)", "UNAUTHENTICATED").inc()
+    log.info("%s by (no valid token): UNAUTHENTICATED", method)
+
+
+def _reload(tokens: TokenFile | None, say: Callable[[str], None]) -> None:
+    """SIGHUP: reread the token file; a file that does not parse keeps the tokens in use.
+    Without a token file there is nothing to reread, and the server goes on serving."""
+    if tokens is None:
+        say("SIGHUP: nothing to reload (no --token-file); serving on")
+        return
     try:
         say(f"reloaded {tokens.reload()} tokens from {tokens.path}")
     except (OSError, ValueError) as e:
         say(f"token file not reloaded, the old tokens stay: {e}")
+
+
+def grpc_address(host: str, port: int) -> str:
+    """``host:port`` as gRPC reads it: an IPv6 address in brackets (``[::1]:50051``)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def loopback(host: str) -> str:
@@ -251,8 +282,7 @@ async def run_until_signal(judge_or_loader: JudgeOrLoader, address: str, config:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if srv.servicer.tokens is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload_tokens, srv.servicer.tokens, say)
+    loop.add_signal_handler(signal.SIGHUP, _reload, srv.servicer.tokens, say)
     ready = asyncio.create_task(srv.wait_ready())
     await asyncio.wait([ready, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     code = 0

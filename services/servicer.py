@@ -47,7 +47,7 @@ from services.proto.grm.v1 import reward_pb2 as pb
 from services.admission import Admission, AdmissionConfig, Refused, requested_sequences
 from services.result_store import ResultStore
 from services.scheduler import Deadline, DeadlineExpired, QueueFull, Scheduler, SchedulerClosed, Ticket, current_caller
-from services.security import TokenFile
+from services.security import TokenFile, token_refusal, vouched_caller
 from services.singleflight import Singleflight
 from services.validation import Limits, Request, ValidationError, parse_batch, parse_score
 
@@ -177,16 +177,15 @@ class RewardServicer:
         return self._in_flight
 
     def _caller(self, context: grpc.aio.ServicerContext) -> str:
-        """The token's name (UNAUTHENTICATED without a known one), or with no tokens the peer's host."""
+        """The token's name (UNAUTHENTICATED without a known one), or with no tokens the peer's host
+        (an HTTP client's host for the calls the HTTP front end makes for it)."""
         if self.tokens is not None:
             authorization = dict(context.invocation_metadata() or ()).get("authorization")
             name = self.tokens.identify(authorization)
             if name is None:
-                raise RpcFailure(Code.UNAUTHENTICATED, "a valid bearer token is required in the 'authorization' "
-                                 "metadata" if authorization else "no 'authorization' metadata: this server "
-                                 "needs a bearer token")
+                raise RpcFailure(Code.UNAUTHENTICATED, token_refusal(authorization))
             return name
-        return peer_host(context.peer() or "")
+        return vouched_caller(context.invocation_metadata()) or peer_host(context.peer() or "")
 
     def _admit(self, request, caller: str) -> str:
         """Refuse a call past the concurrent-call limit or the caller's own limits, or one whose

@@ -13,8 +13,11 @@ directly. Routes, all under ``/inspect``:
     GET  /inspect/run                    the training runs; /inspect/run/<n> one, <n>.json its data
     GET  /inspect/static/<file>          the page script, the style sheet, uPlot
 
+With tokens, a caller sees only the records its own token made, unless its token's name
+is among ``admins``.
+
     app = Inspector(recorder=RecentRequests(1000), target="127.0.0.1:50051")
-    reply = app.respond("GET", "/inspect/recent", {}, b"")
+    reply = app.respond("GET", "/inspect/recent")
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from services.inspector.recorder import RecentRequests, Record
 from services.inspector.report_pages import eval_page, run_page
 from services.inspector.sources import EvalSource, RunSource
 from services.inspector.try_form import TryForm
+from services.security import TokenFile
 
 PREFIX = "/inspect"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -63,8 +67,10 @@ class Inspector:
     """The pages for a recorder, a service to score through, and saved files (each optional)."""
 
     def __init__(self, recorder: RecentRequests | None = None, target: str | None = None,
-                 reports: list[EvalSource] = (), runs: list[RunSource] = ()):
+                 reports: list[EvalSource] = (), runs: list[RunSource] = (), tokens: TokenFile | None = None,
+                 admins: tuple[str, ...] = ()):
         self.recorder, self.reports, self.runs = recorder, list(reports), list(runs)
+        self.tokens, self.admins = tokens, frozenset(admins)
         self.try_form = TryForm(target) if target else None
         self._routes = [
             (re.compile(r"/?"), self._home), (re.compile(r"/recent"), self._recent),
@@ -101,7 +107,10 @@ class Inspector:
                 if method not in ("GET", "HEAD"):
                     return html_reply(405, page("Method not allowed", f"<p>method: {esc(method)} is not "
                                                                        "served here; use GET</p>"))
-                return handler(*(int(g) if g.isdigit() else g for g in match.groups()))
+                args = [int(g) if g.isdigit() else g for g in match.groups()]
+                if handler in (self._recent, self._recorded):
+                    args.append(self._viewer(authorization))
+                return handler(*args)
         return not_found(f"path: no inspector page at {path}")
 
     def _home(self) -> Reply:
@@ -114,12 +123,19 @@ class Inspector:
                 f'<li><a href="{PREFIX}/run">Training runs</a> ({len(self.runs)})</li></ul>')
         return html_reply(200, page("GRM inspector", body, "home"))
 
-    def _recent(self) -> Reply:
+    def _viewer(self, authorization: str | None):
+        """Which records a request may see: a test on a ``Record``."""
+        if self.tokens is None:
+            return lambda record: True
+        name = self.tokens.identify(authorization)
+        return lambda record: name is not None and (name in self.admins or record.owner == name)
+
+    def _recent(self, visible) -> Reply:
         if self.recorder is None:
             body = "<p class=note>Recording is off. Start the service with <code>grm serve --record N</code> " \
                    "to keep the last N scored inputs (they are users' data, so it is off by default).</p>"
             return html_reply(200, page("Recent requests", body, "recent"))
-        records = self.recorder.latest(RECENT_SHOWN)
+        records = [r for r in self.recorder.latest() if visible(r)][:RECENT_SHOWN]
         rows = [[f'<a class="record-link" href="{PREFIX}/recent/{r.id}">#{r.id}</a>',
                  esc(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))), esc(r.caller), esc(r.method),
                  " / ".join(fmt(v) for v in r.rewards), " / ".join(fmt(v) for v in r.spread),
@@ -130,9 +146,9 @@ class Inspector:
                          "cache hit"], rows, "recent"))
         return html_reply(200, page("Recent requests", body, "recent"))
 
-    def _recorded(self, record_id: int) -> Reply:
+    def _recorded(self, record_id: int, visible) -> Reply:
         record = self.recorder.get(record_id) if self.recorder is not None else None
-        if record is None:
+        if record is None or not visible(record):
             return not_found(f"request {record_id}: not recorded, or no longer among the last "
                              f"{self.recorder.config.capacity if self.recorder else 0}")
         return html_reply(200, page(f"Request #{record.id}", render_input(record_view(record)), "recent"))

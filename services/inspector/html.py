@@ -1,7 +1,8 @@
 """HTML building blocks of the inspector: escaping, the page frame, text blocks, chart data.
 
 Every string that did not come from this package goes through ``esc`` (or ``text_block``)
-before it reaches a page; data for the charts travels as JSON inside a
+before it reaches a page, which also shows bidirectional controls (U+202E reverses what
+follows it) as their code, ``[U+202E]``, so untrusted text cannot reorder what is shown; data for the charts travels as JSON inside a
 ``<script type="application/json">`` element with ``<``, ``>`` and ``&`` written as
 ``\\u`` escapes, so no value can end that element, and the page's script reads it with
 ``JSON.parse`` and writes it with ``textContent`` only. Pages load nothing but
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 
 STATIC = "/inspect/static"
 NAV = (("home", "/inspect", "Inspector"), ("recent", "/inspect/recent", "Recent requests"),
@@ -22,13 +24,15 @@ NAV = (("home", "/inspect", "Inspector"), ("recent", "/inspect/recent", "Recent 
        ("run", "/inspect/run", "Training runs"))
 # Pages only run our own script and style files: inline scripts, other origins and
 # plug-ins are refused by the browser even if some text escaped escaping.
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 
 def esc(value) -> str:
     """``value`` as text inside HTML (element content or a quoted attribute)."""
-    return html.escape("" if value is None else str(value), quote=True)
+    text = html.escape("" if value is None else str(value), quote=True)
+    return BIDI_CONTROLS.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
 
 
 def text_block(value: str, cls: str = "text") -> str:

@@ -8,7 +8,8 @@ for the list page and the input and result as serialized protobuf bytes (compact
 decoded only when one input is opened). Memory is bounded twice: at most ``capacity``
 records, and at most ``max_bytes`` of serialized data; the oldest records go first.
 
-The caller is the gRPC peer; a call the HTTP endpoint or the inspector's "Try it" form
+With tokens, each record keeps the name of the token that made the call (``owner``), so
+the inspector can show a caller only its own records. The caller is the gRPC peer; a call the HTTP endpoint or the inspector's "Try it" form
 makes for someone else carries that someone in the ``grm-caller`` metadata
 (``CALLER_METADATA``), shown together with the peer that sent it (a gRPC client could
 claim anything there, the peer it cannot).
@@ -30,6 +31,7 @@ from typing import Sequence
 from grm.types import ScoreInput, ScoreResult
 from services.convert import input_to_proto, result_from_proto
 from services.proto.grm.v1 import reward_pb2 as pb
+from services.security import TokenFile
 
 CALLER_METADATA = "grm-caller"
 MAX_CALLER_CHARS = 200  # metadata is the caller's text: shown, but never trusted to be short
@@ -51,6 +53,7 @@ class Record:
     latency_ms: float
     input_bytes: bytes  # a serialized pb.ScoreInput
     result_bytes: bytes  # a serialized pb.ScoreResult, judgments included
+    owner: str | None = None  # the name of the caller's token (None: the server checks no tokens)
 
     @property
     def num_invalid(self) -> int:
@@ -94,8 +97,9 @@ def caller_of(context) -> str:
 class RecentRequests:
     """A bounded ring of ``Record``; written on the server's loop, read from the HTTP thread."""
 
-    def __init__(self, capacity: int, max_bytes: int = RecordingConfig.max_bytes):
+    def __init__(self, capacity: int, max_bytes: int = RecordingConfig.max_bytes, tokens: TokenFile | None = None):
         self.config = RecordingConfig(capacity, max_bytes)
+        self.tokens = tokens  # names each record's owner
         self._records: deque[Record] = deque()
         self._bytes = 0
         self._next_id = 1
@@ -111,13 +115,15 @@ class RecentRequests:
         if not scored:
             return
         caller, now = caller_of(context), time.time()
+        owner = None if self.tokens is None else self.tokens.identify(
+            dict(context.invocation_metadata() or ()).get("authorization"))
         for item, out, w in scored:
-            self._push(caller, now, "Score" if w == "input" else f"ScoreBatch {w}", item, out, latency_ms)
+            self._push(caller, owner, now, "Score" if w == "input" else f"ScoreBatch {w}", item, out, latency_ms)
 
-    def _push(self, caller: str, now: float, method: str, item: ScoreInput, out: pb.ScoreResult,
-              latency_ms: float) -> None:
+    def _push(self, caller: str, owner: str | None, now: float, method: str, item: ScoreInput,
+              out: pb.ScoreResult, latency_ms: float) -> None:
         responses = out.responses
-        fields = dict(caller=caller, time=now, method=method, from_cache=out.from_cache,
+        fields = dict(caller=caller, owner=owner, time=now, method=method, from_cache=out.from_cache,
                       rewards=tuple(r.reward if r.scored else None for r in responses),
                       spread=tuple(r.spread if r.scored and r.HasField("spread") else None for r in responses),
                       num_samples=out.num_samples, num_valid=out.num_valid, latency_ms=latency_ms,

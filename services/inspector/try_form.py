@@ -12,6 +12,7 @@ message naming it; a refusal by the service shows its status and message.
 
 from __future__ import annotations
 
+import math
 from urllib.parse import parse_qs
 
 import grpc
@@ -25,6 +26,7 @@ from grm.types import ScoreInput
 RESPONSE_BOXES = 4  # empty boxes are left out
 MAX_FIELDS = 64
 NUMBERS = {"k": (int, 4), "temperature": (float, 0.5), "max_new_tokens": (int, 256), "seed": (int, 0)}
+INT_RANGES = {"k": (1, 2**31 - 1), "max_new_tokens": (1, 2**31 - 1), "seed": (0, 2**63 - 1)}  # the proto's int32/int64
 STATUS_FOR_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
                    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
 
@@ -109,6 +111,9 @@ def parse_form(values: dict[str, list[str]]) -> tuple[ScoreInput, dict]:
             options[name] = kind(raw) if raw else default
         except ValueError:
             raise FormError(f"{name}: must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+        low, high = INT_RANGES.get(name, (-math.inf, math.inf))
+        if not low <= options[name] <= high:  # the service's own limits are narrower; these must fit the message
+            raise FormError(f"{name}: must be in {low}..{high}, got {raw}")
     aggregation = _first(values, "aggregation", "voting")
     if aggregation not in ("voting", "meta_voting"):
         raise FormError(f"aggregation: must be voting or meta_voting, got {aggregation!r}")

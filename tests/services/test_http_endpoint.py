@@ -20,7 +20,8 @@ import pytest
 from service_helpers import FAST, QUERY, RESPONSES, ServeProcess
 
 from services.client import RetryPolicy, RewardClient
-from services.http_reward import LINGER_S, REFUSE_WAIT_S, HTTPLimits, RewardHTTPServer
+from services.http_gate import REFUSE_WAIT_S, HTTPLimits
+from services.http_reward import LINGER_S, RewardHTTPServer
 
 FILE_LIMIT = 1024
 IDLE_CONNECTIONS = 1024  # as many as the server may open files, well past the probe's 1,012

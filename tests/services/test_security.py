@@ -1,5 +1,5 @@
 """TLS, mutual TLS and bearer tokens on both ports, the bind rule, per-caller limits with a
-retry hint the client honours. Certificates are made here with the ``openssl`` command.
+retry hint the client honours. Certificates come from ``pki_helpers`` (the ``openssl`` command).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from prometheus_client import generate_latest
 
 from grm.types import ScoreInput
+from pki_helpers import make_pki
 from service_helpers import CONFIG, FAST, QUERY, RESPONSES, ServeProcess
 from services.admission import Admission, AdmissionConfig, Refused
 from services.cache import MemoryCache
@@ -33,22 +34,10 @@ TOKEN_A, TOKEN_B = "a" * 8 + "-trainer-secret-1", "b" * 8 + "-trainer-secret-2"
 ONCE = RetryPolicy(max_attempts=1)
 
 
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
-    """A CA, a server certificate for 127.0.0.1/localhost, and a client certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(d / f"{name}.key"),
-                "-out", str(d / f"{name}.csr"))
-        (d / f"{name}.ext").write_text(ext + "\n")
-        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-                "-CAcreateserial", "-days", "2", "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.pem"))
+    """A CA, a server certificate for 127.0.0.1/localhost, a client certificate, two tokens."""
+    d = make_pki(tmp_path_factory.mktemp("pki"))
     (d / "tokens.txt").write_text(f"# name token\ntrainer-a {TOKEN_A}\ntrainer-b {TOKEN_B}\n")
     return d
 
@@ -232,8 +221,12 @@ def test_token_bucket_and_concurrency_cap_by_hand():
 
 
 def test_token_file_rules():
-    assert [n for n, _ in parse_tokens("a 0123456789abcdef\n# c\n\nb fedcba9876543210 # x")] == ["a", "b"]
+    assert [n for n, _ in parse_tokens("a 0123456789abcdef\n  # c\n\nb fedcba9876543210")] == ["a", "b"]
+    # A '#' inside a token is part of it: the whole token works, its prefix does not.
+    [(_, token)] = parse_tokens("a 01234567#89abcdef")
+    assert token == b"01234567#89abcdef"
     for text, message in (("a short", "at least 16"), ("a 0123456789abcdef extra", "expected 'NAME TOKEN'"),
+                          ("a 0123456789abcdef\nb fedcba9876543210 # x", r"tokens:2: .*comment must be a line"),
                           ("a 0123456789abcdef\na 1123456789abcdef", "repeats"), ("# none", "no token")):
         with pytest.raises(ValueError, match=message):
             parse_tokens(text)
