@@ -89,7 +89,8 @@ class _Door(asyncio.Protocol):
 
     def __init__(self, server: "GatedServer"):
         self.server = server
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None  # the TCP connection, until aiohttp has it
+        self.handler: web.RequestHandler | None = None  # aiohttp's protocol, once it has the connection
         self.peer = "unknown"
 
     def connection_made(self, transport) -> None:
@@ -153,13 +154,13 @@ class GatedServer(web.Server):
         if transport is None:  # the connection went away meanwhile
             self.release(door)
             return
-        self._doors[handler] = door
+        self._doors[handler], door.handler = door, handler
         door.transport = None  # from here aiohttp's connection_lost releases it
         handler.connection_made(transport)
 
     def _hand_over(self, door: _Door, transport: asyncio.Transport) -> None:
         handler = self()
-        self._doors[handler] = door
+        self._doors[handler], door.handler = door, handler
         door.transport = None
         transport.set_protocol(handler)
         handler.connection_made(transport)
@@ -206,15 +207,9 @@ class GatedServer(web.Server):
             if door in room:
                 room[door] = None
                 self.expired += 1
-                transport = door.transport or self._transport_of(door)
+                transport = door.transport or (door.handler.transport if door.handler else None)
                 if transport is not None and not transport.is_closing():
                     transport.abort()
-
-    def _transport_of(self, door: _Door) -> asyncio.BaseTransport | None:
-        for handler, d in self._doors.items():
-            if d is door:
-                return handler.transport
-        return None
 
 
 def quiet_accept_errors(interval_s: float = ACCEPT_LOG_INTERVAL_S):

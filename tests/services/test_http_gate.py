@@ -70,8 +70,8 @@ def test_bare_tcp_on_the_tls_port_meets_the_cap_and_the_header_deadline(tls_cont
         assert http_server.open_connections == 8
         assert sum(closed(s, 0.05) for s in bare) >= 30 - 8 - 2  # past the cap (and its 503 allowance): reset
         start = time.monotonic()
-        assert all(closed(s, 3) for s in bare)  # no handshake within the header deadline: closed
-        assert time.monotonic() - start < 2.5
+        assert all(closed(s, 10) for s in bare)  # no handshake within the header deadline: closed
+        assert time.monotonic() - start < 5  # the header deadline (1 s), not the TLS default of 60 s
         assert http_server.open_connections == 0 and http_server.expired >= 8
     finally:
         for s in bare:
@@ -165,7 +165,7 @@ def post(port: int, source: str = "127.0.0.1") -> tuple[int, dict]:
 
 
 def test_a_request_cut_by_the_end_of_the_grace_gets_503():
-    bg = BackgroundServer(GenerativeRewardModel(StallingEngine(6.0)), "127.0.0.1:0",
+    bg = BackgroundServer(GenerativeRewardModel(StallingEngine(10.0)), "127.0.0.1:0",
                           replace(CONFIG, metrics_port=None)).start()
     http_server = RewardHTTPServer(bg.address, limits=HTTPLimits(grace_s=1.0)).start()
     outcome: list = []
@@ -178,7 +178,7 @@ def test_a_request_cut_by_the_end_of_the_grace_gets_503():
         started = time.monotonic()
         http_server.stop()
         caller.join(10)
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 6  # the grace (1 s), not the engine's 10 s
     finally:
         bg.stop(grace=0)
     [(status, body)] = outcome
