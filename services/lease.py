@@ -79,9 +79,9 @@ class ReplicaLease:
         if outage_s is None:
             outage_s = CLUSTER_OUTAGE_S if is_cluster_url(url) else 0.0
         if not ttl_s > 0 or not 0 < poll_s <= max_poll_s or not timeout_s > 0 or outage_s < 0:
-            raise ValueError(f"ReplicaLease needs ttl_s > 0, 0 < poll_s <= max_poll_s, timeout_s > 0 and outage_s >= 0, "
-                             f"got ttl_s={ttl_s}, poll_s={poll_s}, max_poll_s={max_poll_s}, timeout_s={timeout_s}, "
-                             f"outage_s={outage_s}")
+            raise ValueError("ReplicaLease needs ttl_s > 0, 0 < poll_s <= max_poll_s, timeout_s > 0 and "
+                             f"outage_s >= 0, got ttl_s={ttl_s}, poll_s={poll_s}, max_poll_s={max_poll_s}, "
+                             f"timeout_s={timeout_s}, outage_s={outage_s}")
         self.ttl_ms = int(ttl_s * 1000)
         self.poll_s, self.max_poll_s, self.outage_s = poll_s, max_poll_s, outage_s
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -18,6 +18,7 @@ the benchmark); ``run_until_signal`` is the body of ``grm serve`` (SIGTERM drain
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import shutil
 import signal
@@ -327,6 +328,10 @@ class BackgroundServer:
     def run(self, coro, timeout: float | None = None):
         """Run a coroutine on the server's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def submit(self, coro) -> concurrent.futures.Future:
+        """Schedule a coroutine on the server's loop; await it elsewhere with ``asyncio.wrap_future``."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def start(self, wait_ready: bool = True, timeout: float = 300.0) -> "BackgroundServer":
         self._thread.start()

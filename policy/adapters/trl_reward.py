@@ -35,7 +35,8 @@ import statistics
 from typing import Sequence
 
 from grm.grouping import Row, RowScore
-from services.client import AsyncRewardClient, ClientTLS, RetryPolicy, RewardClient, batch_request
+from services.client import ClientTLS, RetryPolicy, batch_request
+from services.serve_client import async_reward_client, reward_client
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def report(name: str, scores: list[RowScore], log_metric=None) -> list[float | N
 class _RemoteReward:
     """Settings and a lazily opened client; the client is never pickled."""
 
-    def __init__(self, target: str, *, per_response: bool = False, name: str = "grm",
+    def __init__(self, target, *, per_response: bool = False, name: str = "grm",
                  timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(), tls: ClientTLS | None = None,
                  token: str | None = None, **options):
         batch_request((), **options)  # unknown or invalid options fail here, not mid-training
@@ -101,7 +102,7 @@ class TRLReward(_RemoteReward):
     def __call__(self, prompts: Sequence, completions: Sequence, log_metric=None, **kwargs) -> list[float | None]:
         rows = trl_rows(prompts, completions)
         if self._client is None:
-            self._client = RewardClient(self.target, timeout_s=self.timeout_s, retry=self.retry, **self.connect)
+            self._client = reward_client(self.target, timeout_s=self.timeout_s, retry=self.retry, **self.connect)
         return report(self.__name__, self._client.score_rows(rows, per_response=self.per_response, **self.options),
                       log_metric)
 
@@ -114,15 +115,16 @@ class AsyncTRLReward(_RemoteReward):
         rows = trl_rows(prompts, completions)
         loop = asyncio.get_running_loop()
         if self._client is None or self._client[0] is not loop:  # a grpc.aio channel serves one loop
-            self._client = (loop, AsyncRewardClient(self.target, timeout_s=self.timeout_s, retry=self.retry,
-                                                    **self.connect))
+            self._client = (loop, async_reward_client(self.target, timeout_s=self.timeout_s, retry=self.retry,
+                                                      **self.connect))
         scores = await self._client[1].score_rows(rows, per_response=self.per_response, **self.options)
         return report(self.__name__, scores, log_metric)
 
 
-def trl_reward(target: str, *, asynchronous: bool = False, per_response: bool = False, name: str = "grm",
+def trl_reward(target, *, asynchronous: bool = False, per_response: bool = False, name: str = "grm",
                timeout_s: float = 120.0, **options) -> TRLReward | AsyncTRLReward:
-    """A picklable TRL reward function scoring through the GRM service at ``target`` ("host:port").
+    """A picklable TRL reward function scoring through the GRM service at ``target``: "host:port"
+    (gRPC), or inside a Ray cluster a Serve handle or "serve:APP" (services/serve_client.py).
 
     ``options`` go to every ScoreBatch call: k, temperature, top_p, max_new_tokens, seed,
     shuffle, adaptive, adaptive_z, shared_principles, aggregation ("voting" | "meta_voting"), k_meta, cache_policy ("use" |

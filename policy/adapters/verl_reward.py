@@ -21,7 +21,9 @@ Where things come from:
   ``extra_info["question"]`` (what verl's example data preprocessing stores).
 - ``ground_truth``, when it is a non-empty string, is shown to the judge as the
   reference answer (``use_reference=False`` turns that off).
-- The service: ``target="host:port"``, else the ``GRM_TARGET`` environment variable.
+- The service: ``target="host:port"``, else the ``GRM_TARGET`` environment variable. Inside
+  a Ray cluster that runs the service as a Serve application, ``target="serve:APP"`` (or
+  the handle itself, when calling these functions directly) scores through Serve's handle.
 - The other keyword arguments go to the service call (k, temperature, max_new_tokens,
   seed, cache_policy, aggregation, ...); ``timeout_s`` is the per-call deadline.
 
@@ -47,10 +49,11 @@ from typing import Any, Sequence
 
 from grm.grouping import Row, RowScore
 from services.client import RewardClient
+from services.serve_client import reward_client
 
 # Keyword arguments verl itself may add (reward loop with a reward router); not ours.
 VERL_KWARGS = ("reward_router_address", "reward_model_tokenizer")
-_clients: dict[tuple[int, str, float], RewardClient] = {}
+_clients: dict[tuple, RewardClient] = {}
 _clients_lock = threading.Lock()
 
 
@@ -76,20 +79,22 @@ def prompt_of(extra_info: dict | None, index: int = 0):
                    f"prompt to reward functions), got keys {sorted(extra_info or {})}")
 
 
-def resolve_target(target: str | None) -> str:
-    target = target or os.environ.get("GRM_TARGET")
+def resolve_target(target):
+    """``target``, else $GRM_TARGET: "host:port[,...]", "serve:APP", or a Serve handle."""
+    target = target if target is not None else os.environ.get("GRM_TARGET")
     if not target:
-        raise ValueError('target is not set: pass target="host:port" in reward_kwargs or set GRM_TARGET')
+        raise ValueError('target is not set: pass target="host:port" (or "serve:APP") in reward_kwargs '
+                         "or set GRM_TARGET")
     return target
 
 
-def client_for(target: str, timeout_s: float) -> RewardClient:
+def client_for(target, timeout_s: float) -> RewardClient:
     """One client per process, target and deadline: verl calls the single form per response,
     from several threads, and a channel must not cross a fork (hence the pid in the key)."""
     key = (os.getpid(), target, timeout_s)
     with _clients_lock:
         if key not in _clients:
-            _clients[key] = RewardClient(target, timeout_s=timeout_s)
+            _clients[key] = reward_client(target, timeout_s=timeout_s)
         return _clients[key]
 
 
@@ -106,7 +111,7 @@ def score_dict(s: RowScore, stand_in: float | None, where: str) -> dict[str, Any
 
 def verl_compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str],
                              ground_truths: Sequence, extra_infos: Sequence[dict | None], *,
-                             target: str | None = None, on_unscored: str | float = "raise",
+                             target=None, on_unscored: str | float = "raise",
                              use_reference: bool = True, per_response: bool = False, timeout_s: float = 120.0,
                              **options) -> list[dict[str, Any]]:
     """verl's batch reward function: one dict per response, from ONE ScoreBatch call.

@@ -68,7 +68,8 @@ class RedisClusterServers:
             self.procs[port] = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-                 "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", str(folder), "--loglevel", "warning"],
+                 "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", str(folder),
+                 "--loglevel", "warning"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in self.ports:
             self._wait(lambda p=port: self.node(p).ping(), timeout_s, f"redis-server on {port} did not start")
