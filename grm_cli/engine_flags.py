@@ -1,7 +1,7 @@
 """The flags that put ``grm serve`` on remote engine servers, and the loader they select.
 
     grm serve --model path/to/checkpoint --engine-url http://10.0.0.1:8000,http://10.0.0.2:8000
-    grm serve --model Qwen/Qwen2.5-7B-Instruct --engine-url http://vllm:8000 --revision 2025-06-01
+    grm serve --model Qwen/Qwen2.5-7B-Instruct --engine-url http://vllm:8000/v1 --revision 2025-06-01
 
 ``--model`` then gives only the tokenizer, the chat template and the judge template (the
 checkpoint's ``grm_template.json`` when it has one); the named servers sample. Without
@@ -23,7 +23,8 @@ from services.remote_engine import RemoteConfig, RemoteEngine
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine-url", metavar="URL[,URL...]",
                    help="sample on these OpenAI-compatible completion servers (vLLM, SGLang, llama.cpp, "
-                        "TGI) instead of in-process; --model gives the tokenizer and templates")
+                        "TGI) instead of in-process, each given as its base URL with or without /v1; "
+                        "--model gives the tokenizer and templates")
     p.add_argument("--engine-model", help="the served model's name (default: the only one the server lists)")
     p.add_argument("--revision", default="",
                    help="your name for the weights behind the served model, part of the cache key: "
@@ -31,6 +32,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-prompts", action="store_true",
                    help="send rendered text where a server refuses token-id prompts (the server then "
                         "tokenizes responses itself, so special-token strings in them are not neutralized)")
+    p.add_argument("--engine-read-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds an engine's reply may go silent once it has begun before that URL counts "
+                        "as stalled (default 30; the wait for a reply to begin is bounded by the deadline)")
+    p.add_argument("--engine-passes", type=int, default=4, metavar="N",
+                   help="engine passes in flight at once on remote engines, so one slow call does not hold "
+                        "the others (default 4; the in-process engine runs one)")
 
 
 def remote_config(args: argparse.Namespace) -> RemoteConfig | None:
@@ -42,7 +49,14 @@ def remote_config(args: argparse.Namespace) -> RemoteConfig | None:
                 raise ValueError(f"{flag} needs --engine-url (the in-process engine names its weights by content)")
         return None
     return RemoteConfig(tuple(args.engine_url.split(",")), model=args.engine_model, revision=args.revision,
-                        text_prompts=args.text_prompts)
+                        text_prompts=args.text_prompts, read_timeout_s=args.engine_read_timeout)
+
+
+def engine_passes(args: argparse.Namespace) -> int:
+    """Passes the scheduler may run at once: one in-process (it owns the device), else --engine-passes."""
+    if args.engine_passes < 1:
+        raise ValueError(f"--engine-passes must be >= 1, got {args.engine_passes}")
+    return args.engine_passes if args.engine_url else 1
 
 
 def serve_loader(args: argparse.Namespace) -> Callable[[], GenerativeRewardModel]:

@@ -13,7 +13,7 @@ import asyncio
 
 from grm.types import SamplingOptions
 from grm_cli.common import add_model_args, add_server_safety_args, check_binds, server_tls, set_threads
-from grm_cli.engine_flags import add_engine_args, serve_loader
+from grm_cli.engine_flags import add_engine_args, engine_passes, serve_loader
 from services.admission import AdmissionConfig
 from services.cache import MemoryCache, RedisCache
 from services.scheduler import SchedulerConfig
@@ -84,6 +84,9 @@ def add_security_args(p: argparse.ArgumentParser) -> None:
                           "beyond it the bind rule of --host applies)")
     net.add_argument("--max-calls-per-caller", type=int, default=0,
                      help="calls in progress per token name (or per peer without tokens); 0 = no cap")
+    net.add_argument("--max-sequences-per-caller", type=int, default=0,
+                     help="work in progress per caller, in sequences (inputs x k); a larger call runs only "
+                          "when its caller has nothing else in progress; 0 = no cap")
     net.add_argument("--calls-per-s", type=float, default=0.0,
                      help="calls per second per caller (a token bucket); 0 = no rate limit")
     net.add_argument("--burst", type=int, default=0, help="the token bucket's size (default: --calls-per-s)")
@@ -100,11 +103,11 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     scheduler = SchedulerConfig(max_wait_ms=args.max_wait_ms, max_linger_ms=args.max_linger_ms,
                                 max_batch_tokens=args.max_batch_tokens,
                                 max_batch_sequences=args.max_batch_sequences, max_queue=args.max_queue,
-                                max_queue_tokens=args.max_queue_tokens)
+                                max_queue_tokens=args.max_queue_tokens, workers=engine_passes(args))
     tls = server_tls(args, args.tls_client_ca)
     check_binds(args, tls, host=args.host, metrics_host=None if args.metrics_port < 0 else args.metrics_host)
     admission = AdmissionConfig(max_calls_per_caller=args.max_calls_per_caller, calls_per_s=args.calls_per_s,
-                                burst=args.burst)
+                                burst=args.burst, max_sequences_per_caller=args.max_sequences_per_caller)
     return ServerConfig(limits=limits, defaults=defaults, scheduler=scheduler,
                         max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace,
                         metrics_port=None if args.metrics_port < 0 else args.metrics_port,

@@ -18,10 +18,14 @@ differs and what to do) rather than let a wrong model produce scores:
 4. The context per sequence: vLLM's ``max_model_len``, llama.cpp's ``/props`` ``n_ctx``
    (per parallel slot); and llama.cpp's ``total_slots``, the largest ``n`` it accepts.
 
+``recheck`` repeats steps 1 and 2 for one URL that comes back after an outage: a server
+restarted with other weights or another tokenizer behind the same URL is refused then.
+
 Example (inside a coroutine on the engine's loop)::
 
     served = await inspect(session, pool, config, tokenizer)
     served.name, served.supports_n, served.max_context
+    await recheck(session, endpoint, served, tokenizer)   # EngineMismatch when it changed
 """
 
 from __future__ import annotations
@@ -82,6 +86,16 @@ async def inspect(session: aiohttp.ClientSession, pool: EnginePool, model: str |
     token_prompts, supports_n, returns_ids = await _probe_completions(session, up[0][0], name, tokenizer,
                                                                       text_prompts, min(3, max_n or 3), timeout_s)
     return Served(name, identity, _context(entry, props), token_prompts, supports_n, returns_ids, max_n)
+
+
+async def recheck(session: aiohttp.ClientSession, endpoint: Endpoint, served: Served, tokenizer: Any,
+                  timeout_s: float = 30.0) -> None:
+    """Raise ``EngineMismatch`` unless ``endpoint`` still serves what ``inspect`` found."""
+    entry = _choose(endpoint, await _models(session, endpoint, timeout_s), served.name)[1]
+    if _identity(entry) != served.identity:
+        raise EngineMismatch(f"{endpoint.url} now serves {served.name!r} as {_identity(entry)}; at start it "
+                             f"was {served.identity}: the weights behind the URL changed", endpoint.url)
+    await _check_tokenizer(session, endpoint, served.name, entry, tokenizer, timeout_s)
 
 
 async def _get(session: aiohttp.ClientSession, url: str, timeout_s: float) -> tuple[int, Any]:

@@ -12,15 +12,21 @@ prefix cache.
   seeded with ``mix_seed(seed, i)``. ``seed``, ``temperature``, ``top_p``, ``max_tokens``
   and the stop token ids are passed on; ``finish_reason == "length"`` is a cut sample.
 - Every call is bounded by the deadline of the engine pass (``grm.engine.current_deadline``,
-  set by the scheduler) or ``request_timeout_s``. A call whose reply never came (connection
-  refused or closed, HTTP 429/503) moves to another URL; a call still running at the
-  deadline is not repeated. Failures raise ``EngineUnavailable``, ``EngineOverloaded`` or
-  ``EngineTimeout`` naming the URL; the service answers UNAVAILABLE, RESOURCE_EXHAUSTED or
-  DEADLINE_EXCEEDED, never a score.
+  set by the scheduler) or ``request_timeout_s``. A reply that has begun (headers sent)
+  and then goes silent for ``read_timeout_s`` is a stalled URL. A request nobody waits for
+  any more (its ``wanted`` says so: the caller cancelled, or its deadline passed) has its
+  HTTP calls cancelled within ``WANTED_EVERY_S`` and gets empty, unfinished samples. A call
+  whose reply never came (connection refused or closed, stalled, HTTP 429/503) moves to
+  another URL; a call still running at the deadline is not repeated. Failures raise
+  ``EngineUnavailable``, ``EngineOverloaded`` or ``EngineTimeout`` naming the URL; the
+  service answers UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, never a score. So
+  does a malformed reply (``services.engine_reply``).
 - Several URLs are one ``services.engine_pool.EnginePool``: least outstanding work first,
   failing URLs ejected and re-probed on ``/health``.
 - At start ``services.engine_check.inspect`` reads ``/v1/models``, compares the server's
-  tokenizer with ours on a probe string and finds out what the server accepts.
+  tokenizer with ours on a probe string and finds out what the server accepts. A URL that
+  was ejected is checked again before it comes back (``engine_check.recheck``): a server
+  restarted with other weights or another tokenizer stays out, its error naming what differs.
 
 Example::
 
@@ -47,25 +53,31 @@ from grm.engine import (EngineFailure, EngineOverloaded, EngineTimeout, EngineUn
                         current_deadline)
 from grm.seeds import mix_seed
 from grm.types import Completion
-from services.engine_check import EngineMismatch, Served, inspect
+from services.engine_check import EngineMismatch, Served, inspect, recheck
 from services.engine_pool import Endpoint, EnginePool, PoolConfig
+from services.engine_reply import MalformedReply, read_completions
 
 log = logging.getLogger(__name__)
 _RETRY_STATUS = {429: "overloaded", 503: "unavailable"}  # the server refused before doing the work
+WANTED_EVERY_S = 0.1  # how often a request's ``wanted`` is asked while its HTTP calls run
 
 
 @dataclass(frozen=True)
 class RemoteConfig:
-    urls: tuple[str, ...]  # base URLs, e.g. http://10.0.0.1:8000 (the /v1/... paths are added)
+    urls: tuple[str, ...]  # base URLs, e.g. http://10.0.0.1:8000 or http://10.0.0.1:8000/v1 (the /v1/... paths are added)
     model: str | None = None  # the served model's name; None: the only one the server lists
     revision: str = ""  # your name for the weights behind the served name; part of the cache identity
     text_prompts: bool = False  # send rendered text where the server refuses token ids
     request_timeout_s: float = 600.0  # bound of a call that has no deadline
     connect_timeout_s: float = 5.0
+    # Longest silence inside a reply that has begun (its headers came): a server streams a
+    # finished reply in milliseconds, so one that stops halfway is stalled. The wait for
+    # the headers is the generation itself and is bounded by the deadline instead.
+    read_timeout_s: float = 30.0
     pool: PoolConfig = PoolConfig()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "urls", tuple(u.strip().rstrip("/") for u in self.urls if u.strip()))
+        object.__setattr__(self, "urls", tuple(base_url(u) for u in self.urls if u.strip()))
         if not self.urls:
             raise ValueError("RemoteConfig.urls must name at least one engine URL")
         bad = [u for u in self.urls if not u.startswith(("http://", "https://"))]
@@ -73,9 +85,19 @@ class RemoteConfig:
             raise ValueError(f"RemoteConfig.urls must start with http:// or https://, got {bad}")
         if len(set(self.urls)) != len(self.urls):
             raise ValueError(f"RemoteConfig.urls names a URL twice: {list(self.urls)}")
-        for name in ("request_timeout_s", "connect_timeout_s"):
+        for name in ("request_timeout_s", "connect_timeout_s", "read_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RemoteConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not self.read_timeout_s <= self.request_timeout_s:
+            raise ValueError(f"RemoteConfig.read_timeout_s ({self.read_timeout_s}) must not exceed "
+                             f"request_timeout_s ({self.request_timeout_s})")
+
+
+def base_url(url: str) -> str:
+    """``url`` without a trailing ``/`` or ``/v1``: OpenAI clients are given the ``/v1`` base,
+    and the paths used here (``/v1/completions``, ``/health``, ``/tokenize``) start above it."""
+    url = url.strip().rstrip("/")
+    return url[:-3].rstrip("/") if url.endswith("/v1") else url
 
 
 class _LoopThread:
@@ -105,8 +127,10 @@ class RemoteEngine:
         self.model_id = self.revision = ""
         self.max_context = 0
         # calls: generate() calls; requests: HTTP completion calls; prompt_tokens: prompt tokens
-        # sent; generated_tokens: tokens received; moved: calls moved to another URL after a failure.
-        self.stats = {"calls": 0, "requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "moved": 0}
+        # sent; generated_tokens: tokens received; moved: calls moved to another URL after a
+        # failure; abandoned: requests whose calls were cancelled because nobody wanted them.
+        self.stats = {"calls": 0, "requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "moved": 0,
+                      "abandoned": 0}
         self._thread = _LoopThread()
         self._session: aiohttp.ClientSession | None = None
 
@@ -143,7 +167,7 @@ class RemoteEngine:
         self._session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
 
     async def _start_probing(self) -> None:
-        self.pool.start_probing(self._healthy)
+        self.pool.start_probing(self._readmit)
 
     def close(self) -> None:
         async def shut() -> None:
@@ -165,7 +189,21 @@ class RemoteEngine:
         at = current_deadline()
         if at is None:
             at = time.monotonic() + self.config.request_timeout_s
-        return self._thread.run(_all([self._sample(r, at) for r in requests]))
+        return self._thread.run(_all([self._watched(r, at) for r in requests]))
+
+    async def _watched(self, request: GenerationRequest, at: float) -> list[Completion]:
+        """``_sample``, cancelled as soon as ``request.wanted`` says nobody waits for it any
+        more: a stalled or slow server must not keep a call that its caller gave up on."""
+        task = asyncio.ensure_future(self._sample(request, at))
+        try:
+            while request.wanted is not None and not task.done():
+                await asyncio.wait([task], timeout=WANTED_EVERY_S)
+                if not task.done() and not request.wanted():
+                    self.stats["abandoned"] += 1
+                    return [Completion((), "", False) for _ in range(request.n)]
+            return await task
+        finally:
+            task.cancel()  # a no-op once done; else its HTTP calls close their connections
 
     async def _sample(self, request: GenerationRequest, at: float) -> list[Completion]:
         """The n samples in calls of at most ``max_n`` (1 where the server has no working ``n``).
@@ -218,6 +256,9 @@ class RemoteEngine:
                 with self.pool.busy(endpoint, work):
                     self.stats["requests"] += 1
                     status, reply = await self._post(endpoint, "/v1/completions", body, left)
+            except _Stalled as e:
+                self.pool.eject(endpoint, str(e))
+                continue
             except aiohttp.ConnectionTimeoutError as e:  # never reached the engine
                 self.pool.eject(endpoint, f"cannot connect ({type(e).__name__})")
                 continue
@@ -246,17 +287,49 @@ class RemoteEngine:
         raise kind(f"no engine could take the call ({self.pool.describe_down() or 'all busy'})", urls)
 
     async def _post(self, endpoint: Endpoint, path: str, body: dict, timeout: float) -> tuple[int, Any]:
-        async with self._session.post(endpoint.url + path, json=body,
-                                      timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-            text = await r.text()
+        """(status, JSON body or text) within ``timeout`` s in all; ``_Stalled`` when the reply
+        goes silent for ``read_timeout_s`` once its headers came."""
+        async with asyncio.timeout(timeout), self._session.post(endpoint.url + path, json=body) as r:
+            data = bytearray()
+            while True:
+                try:
+                    async with asyncio.timeout(self.config.read_timeout_s):
+                        chunk = await r.content.readany()
+                except TimeoutError:
+                    raise _Stalled(f"stalled mid-reply: HTTP {r.status} headers and {len(data)} bytes, then "
+                                   f"nothing for {self.config.read_timeout_s:g} s (read_timeout_s)") from None
+                if not chunk:
+                    break
+                data += chunk
+        text = data.decode("utf-8", errors="replace")
         try:
             return r.status, json.loads(text)
         except ValueError:
             return r.status, text
 
+    def _completions(self, endpoint: Endpoint, reply: Any, n: int) -> list[Completion]:
+        try:
+            completions = read_completions(reply, n, self.tokenizer, self.eos_token_ids)
+        except MalformedReply as e:
+            raise EngineUnavailable(f"the engine at {endpoint.url} sent a malformed reply: {e}", endpoint.url) from None
+        self.stats["generated_tokens"] += sum(len(c.token_ids) for c in completions)
+        return completions
+
     async def _healthy(self, endpoint: Endpoint) -> bool:
         async with self._session.get(endpoint.url + "/health") as r:
             return r.status == 200
+
+    async def _readmit(self, endpoint: Endpoint) -> bool:
+        """The prober's check of an ejected URL: healthy, and still serving what was checked at
+        start (a server restarted meanwhile may hold other weights or another tokenizer)."""
+        if not await self._healthy(endpoint):
+            return False
+        try:
+            await recheck(self._session, endpoint, self.served, self.tokenizer, self.config.pool.probe_timeout_s)
+        except EngineMismatch as e:
+            log.error("engine %s answers again but stays out: %s", endpoint.url, e)
+            raise
+        return True
 
     async def _check_alive(self, endpoint: Endpoint) -> None:
         """After a timeout: an engine that does not even answer /health is ejected (hung)."""
@@ -268,42 +341,6 @@ class RemoteEngine:
             why = f"it stopped answering ({type(e).__name__} on /health after a timed-out call)"
         if endpoint.live:
             self.pool.eject(endpoint, why)
-
-    def _completions(self, endpoint: Endpoint, reply: Any, n: int) -> list[Completion]:
-        choices = reply.get("choices") if isinstance(reply, dict) else None
-        if not isinstance(choices, list) or len(choices) != n:
-            got = len(choices) if isinstance(choices, list) else "no"
-            raise EngineUnavailable(f"the engine at {endpoint.url} answered {got} choices where {n} were "
-                                    "asked for", endpoint.url)
-        choices = sorted(choices, key=lambda c: c.get("index", 0))
-        return [self._completion(c) for c in choices]
-
-    def _completion(self, choice: dict) -> Completion:
-        ids = generated_ids(choice)
-        if ids is None:  # the server did not return ids: ours are the text, tokenized
-            text = choice.get("text") or ""
-            ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        else:
-            text = None
-        while ids and ids[-1] in self.eos_token_ids:  # ids exclude EOS, as the in-process engine's do
-            ids = ids[:-1]
-        if text is None:  # decode as the in-process engine does, so both give the same text
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        self.stats["generated_tokens"] += len(ids)
-        finished = choice.get("finish_reason") != "length"
-        stop = choice.get("stop_reason")
-        eos = (stop if isinstance(stop, int) else self.eos_token_ids[0] if self.eos_token_ids else None)
-        return Completion(tuple(ids), text, finished, eos if finished else None)
-
-
-def generated_ids(choice: dict) -> list[int] | None:
-    """The generated token ids of one choice, where the server sends them (vLLM ``token_ids``,
-    llama.cpp ``tokens``); None when it sends only text."""
-    for name in ("token_ids", "tokens"):
-        ids = choice.get(name)
-        if isinstance(ids, list) and all(isinstance(i, int) for i in ids):
-            return list(ids)
-    return None
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -320,6 +357,10 @@ def _error_text(reply: Any) -> str:
     return str(reply)[:300]
 
 
+class _Stalled(Exception):
+    """A reply began and then went silent for ``read_timeout_s`` (the message says how far it got)."""
+
+
 async def _all(coros: list[Awaitable]) -> list:
     """``gather``, but the first failure cancels the rest (their results are useless then)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
@@ -331,5 +372,4 @@ async def _all(coros: list[Awaitable]) -> list:
         raise
 
 
-__all__ = ["EngineFailure", "EngineMismatch", "RemoteConfig", "RemoteEngine", "Served", "generated_ids",
-           "tokenizer_fingerprint"]
+__all__ = ["EngineFailure", "EngineMismatch", "RemoteConfig", "RemoteEngine", "Served", "tokenizer_fingerprint"]

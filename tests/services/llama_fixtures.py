@@ -11,6 +11,9 @@ converts a checkpoint with ``grm export-gguf`` once (cached by the checkpoint's 
     server.freeze(); server.thaw(); server.kill(); server.start()
     server.stop()
 
+The fixtures ``tokenizer``, ``gguf`` and ``llama`` (one server per test module) are shared
+by the remote engine tests; ``connect`` opens a remote engine on URLs.
+
 Fails (never skips) when the build or the conversion fails.
 """
 
@@ -25,9 +28,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from grm.default_model import grm_home
+import pytest
+
+from grm.default_model import PACKAGED, grm_home
 from grm.transformers_engine import checkpoint_revision
 from redis_fixtures import free_port
+from services.remote_engine import RemoteConfig, RemoteEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,6 +123,28 @@ class LlamaServer:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(PACKAGED)
+
+
+@pytest.fixture(scope="module")
+def gguf():
+    return gguf_of(PACKAGED, llama_cpp_dir() / "src" / "convert_hf_to_gguf.py")
+
+
+@pytest.fixture(scope="module")
+def llama(gguf):
+    server = LlamaServer(gguf, parallel=4).start()
+    yield server
+    server.stop()
+
+
+def connect(urls, tokenizer, **options) -> RemoteEngine:
+    return RemoteEngine.connect(RemoteConfig(tuple(urls), **options), tokenizer, eos_token_ids=[5])
 
 
 def other_tokenizer_copy(checkpoint: Path, dest: Path) -> Path:

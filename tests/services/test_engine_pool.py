@@ -35,7 +35,23 @@ def test_an_ejected_url_gets_nothing_and_one_episode_backs_off_once():
 
 
 @pytest.mark.parametrize("urls, message", [((), "at least one"), (("10.0.0.1:8000",), "http://"),
-                                           (("http://a", "http://a/"), "twice")])
+                                           (("http://a", "http://a/"), "twice"),
+                                           (("http://a/v1", "http://a"), "twice")])
 def test_remote_config_names_the_bad_field(urls, message):
     with pytest.raises(ValueError, match=message):
         RemoteConfig(urls)
+
+
+@pytest.mark.parametrize("given", ["http://h:8000", "http://h:8000/", "http://h:8000/v1", "http://h:8000/v1/",
+                                   " http://h:8000/v1 "])
+def test_a_url_is_taken_with_or_without_the_v1_base(given):
+    """OpenAI clients are given http://HOST:PORT/v1; the paths added here start above it (was: /v1/v1/models)."""
+    assert RemoteConfig((given,)).urls == ("http://h:8000",)
+    assert RemoteConfig(("http://h/prefix/v1",)).urls == ("http://h/prefix",)
+
+
+def test_remote_config_bounds_the_read_timeout():
+    with pytest.raises(ValueError, match="RemoteConfig.read_timeout_s must be > 0, got 0"):
+        RemoteConfig(("http://a",), read_timeout_s=0)
+    with pytest.raises(ValueError, match="read_timeout_s \\(700\\) must not exceed request_timeout_s \\(600"):
+        RemoteConfig(("http://a",), read_timeout_s=700)

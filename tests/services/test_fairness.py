@@ -57,5 +57,5 @@ def test_a_flooder_within_its_limits_leaves_a_polite_caller_near_its_solo_latenc
     print(f"polite caller: solo median {solo_s:.3f} s, flooded {flooded_s:.3f} s ({flooded_s / solo_s:.2f}x); "
           f"flooder: {dict(flood.codes)}")
     assert solo_ok == flooded_ok == 1.0, (solo, flooded)
-    assert flooded_s <= 3 * solo_s, (solo, flooded)  # was 20x and more: FIFO behind the flooder's inputs
+    assert flooded_s <= 3 * solo_s, (solo, flooded)  # FIFO, as before: 19x here
     assert flood.codes["OK"] >= 1 and set(flood.codes) <= {"OK", "RESOURCE_EXHAUSTED"}  # served, or refused with a hint

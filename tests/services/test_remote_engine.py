@@ -15,37 +15,16 @@ from grm.engine import EngineTimeout, EngineUnavailable, GenerationRequest, pass
 from grm.judge import GenerativeRewardModel
 from grm.tasks.generate import generate_tasks
 from grm.types import AggregationOptions, SamplingOptions, ScoreInput
-from llama_fixtures import LlamaServer, gguf_of, llama_cpp_dir, other_tokenizer_copy
+from llama_fixtures import (LlamaServer, connect, gguf, gguf_of, llama, llama_cpp_dir,  # noqa: F401 (fixtures)
+                            other_tokenizer_copy, tokenizer)
 from service_helpers import CONFIG
 from services.client import RetryPolicy, RewardClient
 from services.engine_check import EngineMismatch
-from services.remote_engine import RemoteConfig, RemoteEngine
+from services.engine_pool import PoolConfig
 from services.server import BackgroundServer
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingOptions(k=1, temperature=0.0, max_new_tokens=256, seed=0)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(PACKAGED)
-
-
-@pytest.fixture(scope="module")
-def gguf():
-    return gguf_of(PACKAGED, llama_cpp_dir() / "src" / "convert_hf_to_gguf.py")
-
-
-@pytest.fixture(scope="module")
-def llama(gguf):
-    server = LlamaServer(gguf, parallel=4).start()
-    yield server
-    server.stop()
-
-
-def connect(urls, tokenizer, **options) -> RemoteEngine:
-    return RemoteEngine.connect(RemoteConfig(tuple(urls), **options), tokenizer, eos_token_ids=[5])
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +193,42 @@ def test_urls_serving_different_models_are_refused(three, tokenizer):
             connect([three[0].url, other.url], tokenizer)
     finally:
         other.stop()
+
+
+def test_the_v1_base_url_is_accepted(llama, tokenizer):
+    """The base URL OpenAI clients use (was: /v1/v1/models answered 404 at start)."""
+    engine = connect([llama.url + "/v1"], tokenizer)
+    try:
+        [[completion]] = engine.generate([GenerationRequest(tuple(tokenizer("Hi").input_ids), max_new_tokens=4)])
+    finally:
+        engine.close()
+    assert engine.config.urls == (llama.url,) and len(completion.token_ids) >= 1
+
+
+def test_a_server_swapped_behind_the_url_during_an_outage_stays_out(gguf, tokenizer, tmp_path):
+    """The URL comes back serving other weights with another tokenizer: the start-up check is
+    repeated before it is used again (was: re-admitted on /health alone, scoring garbage)."""
+    wrong = gguf_of(other_tokenizer_copy(PACKAGED, tmp_path / "other"), llama_cpp_dir() / "src" / "convert_hf_to_gguf.py")
+    server = LlamaServer(gguf, parallel=1).start()
+    engine = connect([server.url], tokenizer, pool=PoolConfig(eject_max_s=1.0))
+    request = [GenerationRequest(tuple(tokenizer("Hello").input_ids), max_new_tokens=4)]
+    swapped = None
+    try:
+        server.kill()
+        with pytest.raises(EngineUnavailable):
+            engine.generate(request)  # the outage is seen: the URL is ejected
+        swapped = LlamaServer(wrong, parallel=1, port=server.port).start()
+        endpoint = engine.pool.endpoints[0]
+        deadline = time.monotonic() + 15
+        while "tokenizer splits the probe" not in endpoint.last_error and time.monotonic() < deadline:
+            time.sleep(0.1)  # the prober asks it again; its /health answers 200
+        time.sleep(2.0)  # more probes, each one refused
+        assert not endpoint.live and "tokenizer splits the probe" in endpoint.last_error, endpoint.last_error
+        with pytest.raises(EngineUnavailable, match="tokenizer splits the probe") as e:
+            engine.generate(request)
+        assert server.url in str(e.value)
+    finally:
+        engine.close()
+        server.stop()
+        if swapped is not None:
+            swapped.stop()
