@@ -172,6 +172,22 @@ class RewardReplica:
         self.server.stop(self.grace_s)
 
 
+def live_replicas(handle: serve.handle.DeploymentHandle, want: int, timeout_s: float = 300.0) -> dict[str, dict]:
+    """Actor name -> ``RewardReplica.info()`` of ``want`` live replicas. Serve's router picks
+    the replica of each call, so this asks until ``want`` different ones have answered."""
+    found: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(found) < want:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(found)} of {want} replicas answered within {timeout_s:g} s")
+        try:
+            info = handle.info.remote().result(timeout_s=max(1.0, deadline - time.monotonic()))
+            found[info["actor"]] = info
+        except ray.exceptions.RayActorError:  # a replica that died, not yet out of the router
+            time.sleep(0.2)
+    return found
+
+
 class _Aborted(Exception):
     def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple):
         super().__init__(details)

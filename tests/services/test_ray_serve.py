@@ -14,6 +14,9 @@ import asyncio
 import dataclasses
 import functools
 import math
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +36,7 @@ from redis_fixtures import RedisServer
 from service_helpers import CONFIG, FAST, QUERY, RESPONSES
 from services.client import RetryPolicy, RewardClient, score_request
 from services.proto.grm.v1 import reward_pb2 as pb
-from services.ray_serve import ReplicaSettings, RewardReplica, ServeSettings, reward_app
+from services.ray_serve import ReplicaSettings, RewardReplica, ServeSettings, live_replicas, reward_app
 from services.serve_client import ServeRewardClient, ServeRpcError, reward_client
 
 APP = "grm-test"
@@ -45,18 +48,8 @@ class RayApp:
     def __init__(self, handle, counters_dir: Path):
         self.handle, self.counters_dir = handle, counters_dir
 
-    def replicas(self, want: int = 2, timeout_s: float = 120.0) -> dict[str, dict]:
-        """actor name -> info of ``want`` live replicas (asks until the router has shown them all)."""
-        found: dict[str, dict] = {}
-        deadline = time.monotonic() + timeout_s
-        while len(found) < want:
-            assert time.monotonic() < deadline, f"only {len(found)} of {want} replicas answered"
-            try:
-                info = self.handle.info.remote().result(timeout_s=30)
-                found[info["actor"]] = info
-            except ray.exceptions.RayActorError:  # one that was killed, not yet out of the router
-                time.sleep(0.2)
-        return found
+    def replicas(self, want: int = 2) -> dict[str, dict]:
+        return live_replicas(self.handle, want, timeout_s=120)
 
     def engine_runs(self) -> float:
         """grm_items_total{source="computed"} summed over every replica process, dead ones included."""
@@ -163,6 +156,29 @@ def test_a_replica_killed_mid_run_fails_no_request_and_runs_each_input_once(ray_
     assert all(r.from_cache for r in repeats), sum(not r.from_cache for r in repeats)
     assert all(rs[1].result.vote_sums == rs[0].result.vote_sums for rs in replies.values() if len(rs) == 2)
     assert victim not in ray_app.replicas()  # Serve replaced it
+
+
+@pytest.mark.slow
+def test_grm_serve_ray_deploys_the_application_and_sigterm_takes_it_down(ray_app, tiny_model_path):
+    """The command line, joining the module's Ray: one replica, reached over gRPC and by name."""
+    cmd = [sys.executable, "-m", "grm_cli", "serve-ray", "--ray-address", ray.get_runtime_context().gcs_address,
+           "--app-name", "grm-cli", "--model", str(tiny_model_path), "--replica-cpus", "0.25",
+           "--default-k", "2", "--default-max-new-tokens", "16", "--metrics-port", "-1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = [next(proc.stdout) for _ in range(2)]
+        assert lines[0].startswith("replica at ") and "serve:grm-cli" in lines[1], lines
+        address = lines[0].split()[2]
+        with RewardClient(address, timeout_s=60, retry=RetryPolicy(max_attempts=1)) as client:
+            over_grpc = client.score(QUERY, RESPONSES, **FAST)
+        by_name = reward_client("serve:grm-cli", timeout_s=60).score(QUERY, RESPONSES, **FAST)
+        assert by_name.from_cache and by_name.result.vote_sums == over_grpc.result.vote_sums
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0 and proc.stdout.read().splitlines()[-1] == "stopped"
+        assert not _serving(address) and APP in serve.status().applications
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 @pytest.mark.slow
