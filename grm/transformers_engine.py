@@ -15,8 +15,15 @@ copies the filled KV cache rows to the k samples:
    budget and random stream; finished rows leave the batch once a quarter of it has
    finished (each removal copies the cache, so they are removed in bulk).
 
-Sample i of a request draws its noise from a ``torch.Generator`` seeded by
-``(request.seed, i)``, so its tokens do not depend on what else shares the batch.
+Steps 2 and 3 are the eager loop. For the architectures ``grm.static_decode`` knows
+(Llama, Qwen2, Qwen3 in eval mode) the engine decodes with static shapes instead: the
+prompt's keys stay one copy per prompt, every buffer is preallocated, and on CUDA each
+step is a replayed CUDA graph. Both loops give the same tokens (``static_decode=False``
+forces the eager one).
+
+Sample i of a request draws its noise from a stream keyed by ``mix_seed(request.seed, i)``
+(``grm.token_sampling``), so its tokens do not depend on what else shares the batch, nor
+on which loop ran it.
 
 With a prefix cache (``grm.prefix_cache``; on for ``load``, off for an engine built on a
 model that is being trained), step 1 reuses the keys and values of prompt prefixes seen
@@ -50,6 +57,8 @@ from grm.lora import ADAPTER_CONFIG, adapter_base, is_adapter, load_merged
 from grm.pretrained import resolve_model
 from grm.prefix_cache import PrefixCache, PrefixCacheConfig, prefill_cached
 from grm.seeds import mix_seed
+from grm.static_decode import StaticDecoder, supports
+from grm.token_sampling import row_uniforms, sample
 from grm.types import Completion
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -119,7 +128,7 @@ class TransformersEngine:
 
     def __init__(self, model: Any, tokenizer: Any, model_id: str = "", revision: str = "",
                  max_context: int | None = None, eos_token_ids: Iterable[int] | None = None,
-                 prefix_cache: PrefixCacheConfig | None = None):
+                 prefix_cache: PrefixCacheConfig | None = None, static_decode: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -142,6 +151,10 @@ class TransformersEngine:
         plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
         self.prefix_cache = PrefixCache(prefix_cache) if prefix_cache is not None and plain else None
         self._weights_version: tuple[int, ...] = ()
+        # Decode with grm.static_decode when the model allows it (checked per call: a model
+        # switched to training mode decodes eagerly); False: always the eager loop.
+        self.static_decode = static_decode
+        self._static: StaticDecoder | None = None
 
     @classmethod
     def load(cls, path_or_id: str, device: str | None = None, dtype: Any = None,
@@ -169,8 +182,12 @@ class TransformersEngine:
             return []
         budgets = [self._budget(j, r) for j, r in enumerate(requests)]
         cache, mask = self._prefill(requests)
-        _reserve_room(cache, max(budgets))
-        rows = self._decode(requests, budgets, cache, mask)
+        if self.static_decode and supports(self.model) is None:
+            self._static = self._static or StaticDecoder(self.model, check_every=WANTED_EVERY)
+            prefix = [(layer.keys, layer.values) for layer in cache.layers] if mask.shape[1] else []
+            rows = self._static.decode(requests, budgets, prefix, mask, self.eos_token_ids, self.stats)
+        else:
+            rows = self._decode(requests, budgets, cache, mask)
         return [[self._completion(*rows[(j, i)]) for i in range(r.n)] for j, r in enumerate(requests)]
 
     def _completion(self, ids: list[int], eos: int | None) -> Completion:
@@ -184,21 +201,20 @@ class TransformersEngine:
         return min(request.max_new_tokens, room)
 
     def _prefill(self, requests: Sequence[GenerationRequest]) -> tuple[Any, torch.Tensor]:
-        """Fill a cache with every prompt minus its last token, then copy rows to the samples.
+        """Fill a cache with every prompt minus its last token.
 
-        Returns the cache (one row per sample, request order) and its attention mask
-        ``[B, P]``. A prompt of one token has nothing to prefill: its row is all padding.
+        Returns the cache (one row per request) and its attention mask ``[R, P]``. A
+        prompt of one token has nothing to prefill: its row is all padding.
         """
         device = self.model.device
         prefixes = [r.prompt_ids[:-1] for r in requests]
         width = max(len(p) for p in prefixes)  # P
-        rows = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor([r.n for r in requests])).to(device)
         mask = torch.zeros((len(requests), width), dtype=torch.long, device=device)
         for j, p in enumerate(prefixes):  # left padding: every prompt ends at column P-1
             mask[j, width - len(p):] = 1
         cache = DynamicCache(config=self.model.config)
         if width == 0:
-            return cache, mask[rows]
+            return cache, mask
         if self.prefix_cache is not None:
             version = tuple(p._version for p in self.model.parameters())  # bumped by in-place writes
             if version != self._weights_version:  # trained since the store was filled: stale keys
@@ -206,8 +222,7 @@ class TransformersEngine:
                 self._weights_version = version
             for layer, (keys, values) in enumerate(prefill_cached(self, prefixes, width)):
                 cache.update(keys, values, layer)
-            cache.batch_select_indices(rows)
-            return cache, mask[rows]
+            return cache, mask
         groups = self._prefill_groups(prefixes, cache)
         if len(groups) == 1:
             self._forward_prompts(prefixes, cache)
@@ -225,8 +240,7 @@ class TransformersEngine:
                     values[index, :, width - w:] = part.layers[layer].values
                 cache.update(keys, values, layer)
         self.stats["prefill_tokens"] += sum(len(p) for p in prefixes)
-        cache.batch_select_indices(rows)  # [R, ...] -> [B, ...]: the shared prefix
-        return cache, mask[rows]
+        return cache, mask
 
     def _prefill_groups(self, prefixes: Sequence[Sequence[int]], cache: Any) -> list[list[int]]:
         """Prompt indices in groups of similar length, each at most ``prefill_chunk_tokens`` padded.
@@ -276,15 +290,23 @@ class TransformersEngine:
 
     def _decode(self, requests: Sequence[GenerationRequest], budgets: list[int], cache: Any,
                 mask: torch.Tensor) -> dict[tuple[int, int], tuple[list[int], int | None]]:
-        """Sample token by token until every row hit EOS or its budget.
+        """The eager loop: copy the prompt rows (``[R, ...]``) to the samples, then sample token
+        by token until every row hit EOS or its budget.
 
         Returns ``{(request index, sample index): (token ids, the EOS id that ended it or None)}``.
         """
         device = mask.device
+        rows = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor([r.n for r in requests])).to(device)
+        cache.batch_select_indices(rows)  # [R, ...] -> [B, ...]: the shared prefix
+        mask = mask[rows]
+        _reserve_room(cache, max(budgets))
         keys = [(j, i) for j, r in enumerate(requests) for i in range(r.n)]  # one per row
         owner = [requests[j] for j, _ in keys]
         budget = [budgets[j] for j, _ in keys]
-        sampler = _Sampler(owner, [i for _, i in keys], device)
+        temperature = torch.tensor([float(r.temperature) for r in owner], device=device)
+        top_p = torch.tensor([float(r.top_p) for r in owner], device=device) if any(r.top_p < 1 for r in owner) else None
+        uniforms = row_uniforms(torch.tensor([mix_seed(r.seed, i) for r, (_, i) in zip(owner, keys)], device=device),
+                                max(budgets))
         generated: list[list[int]] = [[] for _ in keys]
         done: dict[tuple[int, int], tuple[list[int], int | None]] = {}
         # slot -> row number, in cache order; None marks a finished row still in the batch.
@@ -299,7 +321,7 @@ class TransformersEngine:
             mask = torch.cat([mask, live[:, None]], dim=1)
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
                              past_key_values=cache, use_cache=True)
-            chosen = sampler.sample(out.logits[:, -1].float())
+            chosen = sample(out.logits[:, -1].float(), temperature, top_p, uniforms[:, step])
             step += 1
             unwanted = _unwanted(requests) if step % WANTED_EVERY == 0 else set()
             for slot, (row, token) in enumerate(zip(active, chosen.tolist())):
@@ -314,12 +336,10 @@ class TransformersEngine:
                     done[keys[row]] = (generated[row], None)
                     active[slot] = None
                     live[slot] = 0
-                    sampler.retire(slot)
                 elif hit_eos or len(generated[row]) >= budget[row]:
                     done[keys[row]] = (generated[row], token if hit_eos else None)
                     active[slot] = None
                     live[slot] = 0
-                    sampler.retire(slot)
             remaining = [slot for slot, row in enumerate(active) if row is not None]
             if not remaining:
                 break
@@ -327,7 +347,8 @@ class TransformersEngine:
                 index = torch.tensor(remaining, device=device)
                 cache.batch_select_indices(index)
                 mask, chosen, positions, live = mask[index], chosen[index], positions[index], live[index]
-                sampler.select(remaining)
+                temperature, uniforms = temperature[index], uniforms[index]
+                top_p = top_p[index] if top_p is not None else None
                 active = [active[s] for s in remaining]
             tokens, positions = chosen, positions + live
         return done
@@ -382,59 +403,3 @@ def _with_room(t: torch.Tensor, room: int) -> torch.Tensor:  # [B, H, L, D] -> [
     out = t.new_empty(*t.shape[:-2], t.shape[-2] + room, t.shape[-1])
     out[..., : t.shape[-2], :] = t
     return out
-
-
-class _Sampler:
-    """Per-row temperature, top_p and random stream for the active decode rows.
-
-    Sampling is Gumbel-max: ``argmax(logits / T + g)`` with ``g = -log(-log(u))`` draws
-    from ``softmax(logits / T)``. Each row takes its uniforms ``u`` from its own
-    generator, one vocabulary-sized draw per step, so a row's stream depends only on
-    ``(seed, i)`` and its step count. Greedy rows (T = 0) draw nothing.
-    """
-
-    def __init__(self, owners: Sequence[GenerationRequest], sample_index: Sequence[int], device: torch.device):
-        self.device = device
-        self.temperature = torch.tensor([r.temperature for r in owners], device=device)
-        self.top_p = torch.tensor([r.top_p for r in owners], device=device)
-        self.generators: list[torch.Generator | None] = []
-        for r, i in zip(owners, sample_index):
-            g = None
-            if r.temperature > 0:
-                g = torch.Generator(device=device)
-                g.manual_seed(mix_seed(r.seed, i))
-            self.generators.append(g)
-
-    def retire(self, slot: int) -> None:
-        """A finished row: decode it greedily (no draws) until it is dropped."""
-        self.generators[slot] = None
-
-    def select(self, keep: list[int]) -> None:
-        index = torch.tensor(keep, device=self.device)
-        self.temperature, self.top_p = self.temperature[index], self.top_p[index]
-        self.generators = [self.generators[s] for s in keep]
-
-    def sample(self, logits: torch.Tensor) -> torch.Tensor:  # [B, V] float32 -> [B] token ids
-        greedy = logits.argmax(dim=-1)
-        sampled_rows = [s for s, g in enumerate(self.generators) if g is not None]
-        if not sampled_rows:
-            return greedy
-        index = torch.tensor(sampled_rows, device=self.device)
-        scaled = logits[index] / self.temperature[index, None]
-        top_p = self.top_p[index]
-        if bool((top_p < 1).any()):
-            scaled = _top_p_filter(scaled, top_p)
-        noise = torch.stack([torch.rand(logits.shape[-1], generator=self.generators[s], device=self.device)
-                             for s in sampled_rows])
-        gumbel = -torch.log(-torch.log(noise))  # u = 0 gives -inf: that token is never picked
-        greedy[index] = (scaled + gumbel).argmax(dim=-1)
-        return greedy
-
-
-def _top_p_filter(scaled: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Keep, per row, the most likely tokens whose mass first reaches ``top_p``; -inf the rest."""
-    sorted_logits, order = scaled.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
-    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p[:, None], float("-inf"))
-    return torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)

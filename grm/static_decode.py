@@ -1,0 +1,326 @@
+"""The engine's static-shape decode loop: preallocated buffers, one step function, shared prompt keys.
+
+``TransformersEngine`` prefills each distinct prompt once. The eager loop then copies the
+prompt's keys and values to each of its n samples and calls the Hugging Face forward once
+per token, which on a GPU is bound by Python and kernel launches and on a CPU reads the
+prompt's keys n times per step. This loop instead:
+
+- lays the call's rows out in ``R x S`` slots (R prompts, S = the largest n; slot (j, i) is
+  sample i of prompt j, empty when i >= n_j) and preallocates everything a step touches:
+  the prompts' keys and values once per prompt ``[R, Hkv, P, D]``, the samples' own
+  keys and values ``[R*S, Hkv, T, D]`` for the call's largest budget T, the tokens,
+  positions, step counter and every row's uniforms (``grm.token_sampling``);
+- runs one step function over them that writes in place: each layer attends to its
+  prompt's keys (all S samples of a prompt in one matrix product, so the prompt is read
+  once per step, not S times) and to its own keys, with one softmax over both;
+- samples inside the step, and looks at the tokens on the host only every
+  ``check_every`` steps (EOS, budgets, and the requests' ``wanted``).
+
+On CUDA the step is captured once per shape bucket in a CUDA graph and replayed (rows,
+prompt width and budget are rounded up to buckets so calls share graphs). On a CPU it
+runs eagerly, with every linear layer's weight kept a second time in oneDNN's packed
+layout: with few rows a matrix product is then about twice as fast (measured at 16 rows,
+SmolLM2-135M's shapes), for one more copy of the weights in memory, repacked whenever
+the weights change in place. ``supports(model)`` says whether a model's decoder layers are ones this
+step knows how to walk (Llama, Qwen2, Qwen3 full attention); otherwise the engine uses
+its eager loop.
+
+Example::
+
+    decoder = StaticDecoder(model)
+    rows = decoder.decode(requests, budgets, prefix, prefix_mask, eos_ids, stats)
+    rows[(j, i)]          # (token ids, the EOS id that ended it or None)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from grm.engine import GenerationRequest
+from grm.seeds import mix_seed
+from grm.token_sampling import row_uniforms, sample
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3")  # decoder layers of this shape: norm, attention, norm, MLP
+_GRAPHS_KEPT = 4  # captured CUDA graphs kept (least recently used dropped)
+
+
+def supports(model: Any) -> str | None:
+    """Why ``model`` cannot use the static step, or None when it can."""
+    config = model.config
+    if config.model_type not in ARCHITECTURES:
+        return f"model_type {config.model_type!r} is not one of {ARCHITECTURES}"
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return "a sliding attention window"
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+        return "layers other than full attention"
+    if model.training:
+        return "the model is in training mode"
+    return None
+
+
+def _bucket(n: int, floor: int) -> int:
+    """The next power of two >= n (at least ``floor``)."""
+    return max(floor, 1 << (n - 1).bit_length())
+
+
+@dataclass
+class _Buffers:
+    """Everything one step reads and writes; fixed addresses, so a CUDA graph can replay it."""
+
+    prefix: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [R, Hkv, P, D]
+    prefix_bias: torch.Tensor  # [R, 1, 1, P] 0 at real prompt slots, -inf at padding
+    own: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [N, Hkv, T, D], N = R*S
+    tokens: torch.Tensor  # [N] the token each row feeds next
+    positions: torch.Tensor  # [N] its position
+    step: torch.Tensor  # [1] tokens generated so far (all rows move together)
+    temperature: torch.Tensor  # [N] 0 = greedy
+    top_p: torch.Tensor | None  # [N]; None when no row cuts
+    uniforms: torch.Tensor  # [N, T] float64
+    out: torch.Tensor  # [N, T] the sampled tokens
+
+
+class StaticDecoder:
+    """Decodes one engine call with static shapes (see the module docstring)."""
+
+    def __init__(self, model: Any, check_every: int = 4, graphs: bool | None = None):
+        self.model = model
+        self.check_every = check_every
+        self.device = torch.device(model.device)
+        self.graphs = self.device.type == "cuda" if graphs is None else graphs
+        inner = model.model
+        self.layers, self.embed, self.norm, self.rotary = inner.layers, inner.embed_tokens, inner.norm, inner.rotary_emb
+        attn = self.layers[0].self_attn
+        self.rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb  # the model's own RoPE
+        self.head_dim = attn.head_dim
+        self.kv_heads = model.config.num_key_value_heads
+        self._captured: dict[tuple, tuple[_Buffers, torch.cuda.CUDAGraph]] = {}
+        self.pack = self.device.type == "cpu" and torch.backends.mkldnn.is_available()
+        self._packed: dict[Any, torch.Tensor] = {}  # linear module -> its weight, packed
+        self._packed_version: tuple[int, ...] = ()
+
+    # -- one call ------------------------------------------------------------------------
+
+    def decode(self, requests: Sequence[GenerationRequest], budgets: Sequence[int],
+               prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], prefix_mask: torch.Tensor,
+               eos_ids: set[int], stats: dict[str, int]) -> dict[tuple[int, int], tuple[list[int], int | None]]:
+        """Sample every request's n continuations.
+
+        ``prefix``: per layer the prompts' keys and values ``[R, Hkv, P, D]`` (each prompt but
+        its last token, left-padded), ``prefix_mask`` ``[R, P]`` its real slots. Adds to
+        ``stats["generated_tokens"]`` as it goes and to ``stats["abandoned_rows"]``.
+        """
+        if prefix_mask.shape[1] == 0:  # every prompt is one token: one masked slot stands in
+            prefix_mask = prefix_mask.new_zeros(len(requests), 1)
+            empty = torch.zeros(len(requests), self.kv_heads, 1, self.head_dim,
+                                dtype=self.embed.weight.dtype, device=self.device)
+            prefix = [(empty, empty)] * len(self.layers)
+        if self.pack:
+            self._repack()
+        cuts = any(r.top_p < 1 for r in requests)
+        shape = self._shape(len(requests), max(r.n for r in requests), prefix_mask.shape[1], max(budgets), cuts)
+        buffers, graph = self._buffers(shape)
+        self._fill(buffers, requests, prefix, prefix_mask)
+        tracker = _Tracker(requests, shape[1], budgets, eos_ids, stats)
+        done = 0
+        while not tracker.finished:
+            if graph is not None:
+                graph.replay()
+            else:
+                self._step(buffers)
+            done += 1
+            if done % self.check_every == 0 or done == max(budgets):
+                tracker.update(buffers.out[:, tracker.seen:done].tolist(), done)
+        return tracker.result()
+
+    def _shape(self, prompts: int, width: int, prefix: int, budget: int, cuts: bool) -> tuple:
+        """(R, S, P, T, top-p used) of the buffers: exact on a CPU, rounded up to buckets for graphs."""
+        if not self.graphs:
+            return prompts, width, prefix, budget, cuts
+        return _bucket(prompts, 1), _bucket(width, 1), -(-prefix // 256) * 256, _bucket(budget, 32), cuts
+
+    def _buffers(self, shape: tuple) -> tuple[_Buffers, Any]:
+        if not self.graphs:
+            return self._allocate(*shape), None
+        if shape not in self._captured:
+            while len(self._captured) >= _GRAPHS_KEPT:
+                self._captured.pop(next(iter(self._captured)))
+            buffers = self._allocate(*shape)
+            self._captured[shape] = (buffers, self._capture(buffers))
+        self._captured[shape] = self._captured.pop(shape)  # most recently used last
+        return self._captured[shape]
+
+    def _allocate(self, prompts: int, width: int, prefix: int, budget: int, cuts: bool) -> _Buffers:
+        """Zeroed buffers; the prompts' keys get their own only under graphs (else the prefill's are used)."""
+        rows, dtype, device = prompts * width, self.embed.weight.dtype, self.device
+        kv = lambda n, length: torch.zeros(n, self.kv_heads, length, self.head_dim, dtype=dtype, device=device)
+        return _Buffers(
+            prefix=[(kv(prompts, prefix), kv(prompts, prefix)) for _ in self.layers] if self.graphs else [],
+            prefix_bias=torch.zeros(prompts, 1, 1, prefix, dtype=dtype, device=device),
+            own=[(kv(rows, budget), kv(rows, budget)) for _ in self.layers],
+            tokens=torch.zeros(rows, dtype=torch.long, device=device),
+            positions=torch.zeros(rows, dtype=torch.long, device=device),
+            step=torch.zeros(1, dtype=torch.long, device=device),
+            temperature=torch.zeros(rows, device=device),
+            top_p=torch.ones(rows, device=device) if cuts else None,
+            uniforms=torch.full((rows, budget), 0.5, dtype=torch.float64, device=device),
+            out=torch.zeros(rows, budget, dtype=torch.long, device=device))
+
+    def _fill(self, b: _Buffers, requests: Sequence[GenerationRequest],
+              prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], prefix_mask: torch.Tensor) -> None:
+        """Write one call's prompts, rows and options into the buffers (in place: graphs keep them).
+
+        Slots past a prompt's width keep stale keys; their bias is -inf, so they weigh 0."""
+        prompts, p = len(requests), prefix_mask.shape[1]
+        stride = b.out.shape[0] // b.prefix_bias.shape[0]  # S of the buffers (>= the call's when bucketed)
+        if self.graphs:
+            for (keys, values), (k, v) in zip(b.prefix, prefix):
+                keys[:prompts, :, :p], values[:prompts, :, :p] = k, v
+        else:
+            b.prefix = list(prefix)
+        b.prefix_bias.fill_(float("-inf"))
+        b.prefix_bias[:prompts, 0, 0, :p].masked_fill_(prefix_mask.bool(), 0.0)
+        slots = [j * stride + i for j, r in enumerate(requests) for i in range(r.n)]
+        index = torch.tensor(slots, device=self.device)
+        owners = [r for r in requests for _ in range(r.n)]
+        b.tokens.zero_().index_copy_(0, index, torch.tensor([r.prompt_ids[-1] for r in owners], device=self.device))
+        b.positions.zero_().index_copy_(0, index, torch.tensor([len(r.prompt_ids) - 1 for r in owners],
+                                                               device=self.device))
+        b.step.zero_()
+        b.temperature.zero_().index_copy_(0, index, torch.tensor([float(r.temperature) for r in owners],
+                                                                 device=self.device))
+        if b.top_p is not None:
+            b.top_p.fill_(1.0).index_copy_(0, index, torch.tensor([float(r.top_p) for r in owners],
+                                                                  device=self.device))
+        keys = torch.tensor([mix_seed(r.seed, i) for r in requests for i in range(r.n)], device=self.device)
+        b.uniforms.fill_(0.5).index_copy_(0, index, row_uniforms(keys, b.out.shape[1]))
+
+    # -- the step ------------------------------------------------------------------------
+
+    def _repack(self) -> None:
+        """Pack every linear weight the step uses, unless packed since the last in-place change."""
+        version = tuple(p._version for p in self.model.parameters())  # bumped by in-place writes
+        if version == self._packed_version:
+            return
+        linears = [self.model.lm_head]
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            linears += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        self._packed = {m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach()) for m in linears}
+        self._packed_version = version
+
+    def _linear(self, module: Any, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed.get(module) if self.pack else None
+        if packed is None:
+            return module(x)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+
+    def _capture(self, b: _Buffers) -> torch.cuda.CUDAGraph:
+        """Record one step; two eager steps first on a side stream warm up the kernels."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step(b)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step(b)
+        return graph
+
+    @torch.inference_mode()
+    def _step(self, b: _Buffers) -> None:
+        """Feed ``b.tokens``, sample the next ones into ``b.out[:, step]``, advance in place."""
+        h = self.embed(b.tokens[:, None])[:, 0]  # [N, hidden] (fed as [N, 1], as a forward feeds it)
+        cos, sin = self.rotary(h, b.positions[:, None])  # [N, 1, D]
+        own_bias = torch.where(torch.arange(b.out.shape[1], device=self.device) <= b.step, 0.0, float("-inf"))
+        own_bias = own_bias.to(h.dtype)  # [T]: the own slots written so far, this step's included
+        for layer, prefix, own in zip(self.layers, b.prefix, b.own):
+            x = self._attend(layer.self_attn, layer.input_layernorm(h), cos, sin, prefix, b.prefix_bias, own,
+                             own_bias, b.step)
+            h = h + x
+            x, mlp = layer.post_attention_layernorm(h), layer.mlp
+            h = h + self._linear(mlp.down_proj, mlp.act_fn(self._linear(mlp.gate_proj, x)) * self._linear(mlp.up_proj, x))
+        logits = self._linear(self.model.lm_head, self.norm(h)).float()  # [N, V]
+        token = sample(logits, b.temperature, b.top_p, b.uniforms.index_select(1, b.step).squeeze(1))
+        b.out.index_copy_(1, b.step, token[:, None])
+        b.tokens.copy_(token)
+        b.positions.add_(1)
+        b.step.add_(1)
+
+    def _attend(self, attn: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                prefix: tuple[torch.Tensor, torch.Tensor], prefix_bias: torch.Tensor,
+                own: tuple[torch.Tensor, torch.Tensor], own_bias: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """One attention layer for one new token per row: ``[N, hidden]`` -> ``[N, hidden]``.
+
+        Scores against the prompt's keys and against the row's own keys share one softmax,
+        which is exactly attention over their concatenation.
+        """
+        n, d, kv_heads = x.shape[0], self.head_dim, self.kv_heads
+        q = self._linear(attn.q_proj, x).view(n, 1, -1, d)
+        k = self._linear(attn.k_proj, x).view(n, 1, kv_heads, d)
+        v = self._linear(attn.v_proj, x).view(n, 1, kv_heads, d).transpose(1, 2)
+        if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before RoPE
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = self.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [N, H, 1, D], [N, Hkv, 1, D]
+        own[0].index_copy_(2, step, k)
+        own[1].index_copy_(2, step, v)
+        groups = q.shape[1] // kv_heads  # query heads per key head (G)
+        prompts = prefix[0].shape[0]
+        width = n // prompts  # S
+        q = q.reshape(n, kv_heads, groups, d)  # head h reads key head h // G, as repeat_kv does
+        shared = q.view(prompts, width, kv_heads, groups, d).transpose(1, 2).reshape(prompts, kv_heads, width * groups, d)
+        s_prefix = (shared @ prefix[0].transpose(-1, -2)) * attn.scaling + prefix_bias  # [R, Hkv, S*G, P]
+        s_prefix = s_prefix.view(prompts, kv_heads, width, groups, -1).transpose(1, 2).reshape(n, kv_heads, groups, -1)
+        s_own = (q @ own[0].transpose(-1, -2)) * attn.scaling + own_bias  # [N, Hkv, G, T]
+        weights = torch.cat([s_prefix, s_own], dim=-1).float().softmax(dim=-1).to(q.dtype)
+        w_prefix, w_own = weights.split([s_prefix.shape[-1], s_own.shape[-1]], dim=-1)
+        w_prefix = w_prefix.view(prompts, width, kv_heads, groups, -1).transpose(1, 2)
+        out_prefix = w_prefix.reshape(prompts, kv_heads, width * groups, -1) @ prefix[1]  # [R, Hkv, S*G, D]
+        out_prefix = out_prefix.view(prompts, kv_heads, width, groups, d).transpose(1, 2).reshape(n, kv_heads, groups, d)
+        out = out_prefix + w_own @ own[1]  # [N, Hkv, G, D]
+        return self._linear(attn.o_proj, out.reshape(n, -1))
+
+
+class _Tracker:
+    """The host's view of a call: which rows ended where, read from the sampled tokens in chunks."""
+
+    def __init__(self, requests: Sequence[GenerationRequest], stride: int, budgets: Sequence[int],
+                 eos_ids: set[int], stats: dict[str, int]):
+        self.requests, self.eos_ids, self.stats = requests, eos_ids, stats
+        # slot in the [R*S] layout -> (request index, sample index, budget)
+        self.rows = {j * stride + i: (j, i, budgets[j]) for j, r in enumerate(requests) for i in range(r.n)}
+        self.tokens: dict[int, list[int]] = {slot: [] for slot in self.rows}
+        self.ended: dict[int, int | None] = {}  # slot -> its EOS id (None: budget or abandoned)
+        self.seen = 0  # steps read so far
+
+    @property
+    def finished(self) -> bool:
+        return len(self.ended) == len(self.rows)
+
+    def update(self, out: list[list[int]], steps: int) -> None:
+        """Read steps ``seen..steps`` (``out``: per buffer row, those tokens), then ask ``wanted``."""
+        for slot, (j, i, budget) in self.rows.items():
+            if slot in self.ended:
+                continue
+            for token in out[slot]:
+                self.stats["generated_tokens"] += 1
+                if token in self.eos_ids:
+                    self.ended[slot] = token
+                    break
+                self.tokens[slot].append(token)
+                if len(self.tokens[slot]) >= budget:
+                    self.ended[slot] = None
+                    break
+        self.seen = steps
+        unwanted = {j for j, r in enumerate(self.requests) if r.wanted is not None and not r.wanted()}
+        for slot, (j, _, _) in self.rows.items():
+            if j in unwanted and slot not in self.ended:  # its callers left: keep what it wrote, unfinished
+                self.ended[slot] = None
+                self.stats["abandoned_rows"] += 1
+
+    def result(self) -> dict[tuple[int, int], tuple[list[int], int | None]]:
+        return {(j, i): (self.tokens[slot], self.ended[slot]) for slot, (j, i, _) in self.rows.items()}
