@@ -6,7 +6,9 @@ page shows exactly what the gRPC service returns for the same request, open the 
 input, and check that a response carrying ``<script>`` and ``<img onerror>`` stays text.
 Against ``grm inspect`` on a saved eval report and a metrics file the test appends to:
 the accuracy chart, the wrong items opening the one-input view, the run's curves
-refreshing. Every page is screenshotted into docs/screenshots/.
+refreshing. The run is a real one, ``RUN``: the ``metrics.jsonl`` of
+``grm grpo-demo --sft-steps 80 --steps 30 --prompts-per-step 4 --eval-every 10
+--eval-queries 20`` (seed 0), fed to the page in two parts as a running trainer writes it. Every page is screenshotted into docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--disable-quic"]
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 DATA = Path(__file__).parent / "data" / "inspector"
+RUN = DATA / "grpo-demo" / "metrics.jsonl"  # a real grm grpo-demo run (see the module docstring)
+FIRST_PART = 5  # records on the page before the rest of the run is written
 EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 QUERY = "Name a vegetable. Use capital letters only. End with a question mark."
 OPTIONS = dict(k=3, temperature=0.5, max_new_tokens=200, seed=11, aggregation="voting")
@@ -143,10 +147,10 @@ def test_recent_requests_list_and_open_the_recorded_input(served, page):
 
 @pytest.fixture(scope="module")
 def inspected(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("inspect") / "grpo-run"  # the run's name on the page
+    folder = tmp_path_factory.mktemp("inspect") / "grpo-demo"  # the run's name on the page
     folder.mkdir()
     metrics = folder / "metrics.jsonl"
-    write_steps(metrics, range(1, 6))
+    write_steps(metrics, run_lines()[:FIRST_PART])
     shutil.copy(DATA / "report.json", folder / "report.json")
     proc = subprocess.Popen([sys.executable, "-m", "grm_cli", "inspect", str(DATA / "judgments.jsonl"), str(folder / "report.json"),
                   "--metrics", str(metrics), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -158,13 +162,14 @@ def inspected(tmp_path_factory):
     assert proc.wait(30) == 0
 
 
-def write_steps(path: Path, steps) -> None:
-    """Records with the GRPO trainer's fields (policy/trainer.py, policy/demo.py)."""
+def run_lines() -> list[str]:
+    return RUN.read_text().splitlines(keepends=True)
+
+
+def write_steps(path: Path, lines: list[str]) -> None:
+    """Append records of the real run, as its trainer did step by step."""
     with open(path, "a") as f:
-        for s in steps:
-            f.write(json.dumps({"step": s, "reward": 4 + 0.2 * s, "unscored": s % 3, "completions": 32, "trained": 32,
-                                "mean_length": 20.0, "truncated": 0, "kl": 0.002 * s, "judge_agreement": 0.6 + 0.01 * s,
-                                "rollout_s": 1.0, "reward_s": 2.0, "update_s": 0.5}) + "\n")
+        f.writelines(lines)
 
 
 def test_an_eval_report_with_its_wrong_items(inspected, page):
@@ -188,9 +193,10 @@ def test_a_training_run_refreshes_while_it_goes_on(inspected, page):
     base, metrics = inspected
     page.goto(f"{base}/inspect/run/0")
     page.wait_for_selector("[data-run-curve=reward] canvas")
-    assert page.text_content("#steps") == "5"
+    assert page.text_content("#steps") == str(FIRST_PART)
     assert page.locator("[data-run-curve] canvas").count() >= 4  # reward, unscored fraction, KL, agreement
-    write_steps(metrics, range(6, 13))
-    expect(page.locator("#steps")).to_have_text("12", timeout=15_000)  # the page polls every 3 s
-    assert page.text_content("#last-reward") == f"{4 + 0.2 * 12:.3f}"
+    lines = run_lines()
+    write_steps(metrics, lines[FIRST_PART:])
+    expect(page.locator("#steps")).to_have_text(str(len(lines)), timeout=15_000)  # the page polls every 3 s
+    assert float(page.text_content("#last-reward")) == pytest.approx(json.loads(lines[-1])["reward"], abs=5e-4)
     shot(page, "training-run")
