@@ -46,13 +46,18 @@ from services.servicer import REPLICA_HEADER  # noqa: E402
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replicas", type=int, default=3)
+    add_load_args(p)
+    return p.parse_args()
+
+
+def add_load_args(p: argparse.ArgumentParser) -> None:
+    """The request stream: how many, how many repeats, how many at once, how each is sampled."""
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--repeat", type=float, default=0.25, help="share of requests that repeat an earlier one")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("-k", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
 
 
 def plan(args: argparse.Namespace) -> list[int]:

@@ -130,8 +130,9 @@ class RewardReplica:
         self.server = BackgroundServer(loader, f"{settings.host}:{settings.port}", config, cache_factory=cache)
         self.server.start()  # returns once the model is loaded: Serve routes nothing here before
         self.grace_s = config.grace_s
-        host = loopback(settings.host)
-        self.address = f"{ray.util.get_node_ip_address() if host != settings.host else host}:{self.server.port}"
+        wildcard = loopback(settings.host) != settings.host  # bound on every interface
+        host = ray.util.get_node_ip_address() if wildcard else settings.host  # the address clients use
+        self.address = f"{host}:{self.server.port}"
         self._rpcs = self.server.server.servicer.handler()
         self._stopped = False
 
@@ -147,14 +148,6 @@ class RewardReplica:
         context = ray.get_runtime_context()
         return {"address": self.address, "metrics_port": self.server.server.metrics_port,
                 "replica": self.server.server.servicer.replica_id, "actor": context.get_actor_name()}
-
-    def counters(self) -> dict[str, float]:
-        """Inputs run by the engine and answered from the cache, and the lease outcomes."""
-        metrics = self.server.metrics
-        out = {source: metrics.value("grm_items_total", source=source) for source in ("computed", "cache")}
-        for outcome in ("computed", "waited", "unleased"):
-            out[f"lease_{outcome}"] = metrics.value("grm_replica_leases_total", outcome=outcome)
-        return out
 
     def check_health(self) -> None:
         """Serve's health probe: raise when this replica can no longer serve."""

@@ -7,6 +7,11 @@
 - OpenRLHF's remote reward model is an HTTP endpoint served by ``grm serve --http-port``
   (``services/http_reward.py``).
 
+The TRL and verl adapters also take a Ray Serve handle of the service, or "serve:APP",
+for trainers inside the Ray cluster that runs it (services/ray_serve.py): the calls then
+go through Serve's handle, with the same requests, results and retries
+(services/serve_client.py).
+
 All of them turn the framework's flat rows into rewards with one helper,
 ``services.client.RewardClient.score_rows`` (and its async twin): completions sharing a
 prompt are judged together, a group past the server's ``max_responses`` in parts aligned

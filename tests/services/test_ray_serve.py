@@ -116,6 +116,8 @@ def test_a_verl_reward_function_in_the_same_ray_job_scores_through_the_handle(ra
     assert all(d["score"] == -1.0 for d in by_name if not d["scored"])
     rewards = trl_reward(ray_app.handle, timeout_s=60, **FAST)(prompts=[QUERY] * 2, completions=solutions)
     assert [r is None for r in rewards] == [not d["scored"] for d in by_name]
+    asynchronous = trl_reward(f"serve:{APP}", asynchronous=True, timeout_s=60, **FAST)
+    assert asyncio.run(asynchronous(prompts=[QUERY] * 2, completions=solutions)) == rewards
 
 
 def plain(scores: list[dict]) -> list[dict]:
