@@ -30,6 +30,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from ray import serve
 
 from grm.judge import GenerativeRewardModel
+from grm_cli.main import build_parser
+from grm_cli.serve_ray import serve_settings
 from policy.adapters import trl_reward
 from policy.adapters.verl_reward import verl_compute_score_batch
 from redis_fixtures import RedisServer
@@ -238,3 +240,23 @@ def test_the_health_probe_fails_once_the_replica_drains_and_handle_calls_keep_gr
         replica.__del__()  # what Serve runs when it removes the replica
     with pytest.raises(RuntimeError, match="shutting down"):
         replica.check_health()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--port", "50051"], "--max-replicas-per-node 1"),
+    (["--min-replicas", "2"], "--min-replicas and --max-replicas together"),
+    (["--min-replicas", "3", "--max-replicas", "2"], "0 < --min-replicas <= --max-replicas"),
+])
+def test_grm_serve_ray_names_the_flag_at_fault(flags, message):
+    args = build_parser().parse_args(["serve-ray", *flags])
+    with pytest.raises(ValueError, match=message):
+        serve_settings(args)
+
+
+def test_grm_serve_ray_turns_flags_into_serve_settings():
+    args = build_parser().parse_args(["serve-ray", "--min-replicas", "1", "--max-replicas", "4", "--replica-cpus", "2",
+                                      "--redis-url", "redis+cluster://10.0.0.5:7000", "--port", "50051",
+                                      "--max-replicas-per-node", "1"])
+    settings = serve_settings(args)
+    assert settings.autoscaling == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16.0}
+    assert settings.replica == ReplicaSettings(port=50051, redis_url="redis+cluster://10.0.0.5:7000", torch_threads=2)
