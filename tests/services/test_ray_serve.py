@@ -90,6 +90,7 @@ def test_each_replica_serves_grpc_and_the_handle_answers_as_grpc_does(ray_app):
             assert client.info().cache_backend == "redis"
             grpc_reply = client.score(QUERY, RESPONSES, **FAST)
     client = ServeRewardClient(ray_app.handle, timeout_s=60)
+    client.wait_ready(timeout_s=60)
     handle_reply = client.score(QUERY, RESPONSES, **FAST)
     assert handle_reply.result.vote_sums == grpc_reply.result.vote_sums and handle_reply.from_cache
     with pytest.raises(ServeRpcError) as bad:  # bad input: the same status and message as over gRPC
