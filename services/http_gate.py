@@ -30,7 +30,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 log = logging.getLogger(__name__)
 FD_SHARE = 4  # the HTTP side may hold at most 1/FD_SHARE of the process's open-file limit
@@ -67,11 +67,12 @@ class HTTPLimits:
 
 
 class _WithoutContent(logging.Filter):
-    """Rewrites aiohttp's report of a bad request into one line without the request's bytes."""
+    """Rewrites aiohttp's report of a bad request into one line without the request's bytes;
+    a fault of the server's own (any other exception) keeps its traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None:
+        if isinstance(exc, http_exceptions.HttpProcessingError):
             status = getattr(exc, "code", "")
             record.msg, record.args = "%s (%s %s; the request's content is not logged)", (
                 record.getMessage(), type(exc).__name__, status)
