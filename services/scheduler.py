@@ -26,9 +26,11 @@ nearly free while one that waits for the next pass pays a whole pass. Hence:
 - a batch holds at most ``max_batch_sequences`` sampled sequences (k per input) and
   ``max_batch_tokens`` tokens (``Plan.cost``: per sequence its prompt + max_new_tokens, a
   bound on the KV cache the pass needs). An input larger than the caps runs alone;
-- an input whose deadline passed, or whose caller went away, is dropped unrun. A
-  ``Deadline`` may move later while its input waits (identical work shared by callers
-  with different deadlines lives as long as the one with the most time);
+- an input whose deadline passed, or whose caller went away, is dropped unrun; one that
+  is gone by the end of its pass gets ``DeadlineExpired``, not its result (an engine may
+  stop such an input midway, so what it returns is no score to keep). A ``Deadline`` may
+  move later while its input waits (identical work shared by callers with different
+  deadlines lives as long as the one with the most time);
 - when a batch raises, its inputs run again one by one, so one bad input fails only its
   own future.
 
@@ -336,8 +338,12 @@ class Scheduler:
                     self._settle(work, None, DeadlineExpired("the deadline passed before the input ran"))
             return
         self._count(results, batch)
+        now = time.monotonic()
         for work, result in zip(batch, results):
-            self._settle(work, result, None)
+            if work.gone(now) is not None:  # the engine may have cut it short: never a result to keep
+                self._settle(work, None, DeadlineExpired("the deadline passed while the input ran"))
+            else:
+                self._settle(work, result, None)
 
     def _count(self, results: list[ScoreResult], batch: list[_Work]) -> None:
         """Count what the engine did here, not where callers read it: a result whose caller

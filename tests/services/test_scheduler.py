@@ -244,3 +244,25 @@ def test_with_two_workers_a_stuck_pass_does_not_hold_the_next(judge):
         release.set()
         scheduler.close()
     assert len(result.judgments) == SAMPLING.k and still_held
+
+
+def test_an_input_whose_deadline_passed_during_its_pass_gets_no_result(judge):
+    """An engine stops inputs nobody waits for and returns what they had: such a result must
+    not reach the caller's flight, which would store it in the cache (was: returned)."""
+    [plan] = plans(judge, 1)
+
+    def run_plans(batch):  # the real engine, finishing after the input's deadline
+        results = judge.run_plans(batch)
+        time.sleep(0.5)
+        return results
+
+    scheduler = Scheduler(run_plans, SchedulerConfig()).start()
+
+    async def main():
+        return await scheduler.submit(plan, Deadline.within(0.3))
+
+    try:
+        with pytest.raises(DeadlineExpired, match="while the input ran"):
+            asyncio.run(main())
+    finally:
+        scheduler.close()
