@@ -58,20 +58,25 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor 
     """One token per row: ``[R, V]`` float logits, ``[R]`` temperature (0 = greedy), ``[R]`` top_p
     (None when every row keeps all tokens), ``[R]`` uniforms -> ``[R]`` token ids.
 
-    Top-p keeps, per row, the most likely tokens whose mass first reaches ``top_p``.
+    Top-p keeps, per row, the most likely tokens whose mass first reaches ``top_p``. A row
+    that keeps everything draws along the vocabulary's order, cut rows along the sorted
+    one; so a row's token never depends on whether a batch mate cuts.
     """
     greedy = logits.argmax(dim=-1)
     sampled = temperature > 0
     scaled = logits / torch.where(sampled, temperature, torch.ones_like(temperature))[:, None]
     probs = scaled.softmax(dim=-1).to(torch.float64)
-    order = None
+    drawn = _draw(probs, u)
     if top_p is not None:
-        probs, order = probs.sort(dim=-1, descending=True)
-        mass_before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
-        keep = (mass_before < top_p[:, None].to(probs.dtype)) | (top_p[:, None] >= 1)
-        probs = probs * keep
+        ranked, order = probs.sort(dim=-1, descending=True)
+        mass_before = ranked.cumsum(dim=-1) - ranked  # mass of the tokens ranked above each one
+        cut = order.gather(-1, _draw(ranked * (mass_before < top_p[:, None]), u)[:, None]).squeeze(-1)
+        drawn = torch.where(top_p < 1, cut, drawn)
+    return torch.where(sampled, drawn, greedy)
+
+
+def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse CDF: per row the first index whose cumulative (unnormalised) mass exceeds u x total."""
     cdf = probs.cumsum(dim=-1)
     target = (u.to(cdf.dtype) * cdf[:, -1])[:, None]
-    index = torch.searchsorted(cdf, target, right=True).clamp(max=logits.shape[-1] - 1)  # [R, 1]
-    drawn = (order.gather(-1, index) if order is not None else index).squeeze(-1)
-    return torch.where(sampled, drawn, greedy)
+    return torch.searchsorted(cdf, target, right=True).clamp(max=probs.shape[-1] - 1).squeeze(-1)
