@@ -32,6 +32,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from grm.attacks import ATTACK_KINDS, ATTACK_LABELS, attack_inputs, hack_rates
+from grm.eval_journal import Journal
+from grm.grounding import grounding_report
+from grm.templates import DEFAULT_TEMPLATE, JudgeTemplate, load_template
 from grm.evaluate import (SkipReason, Skipped, accuracy_figures, item_bootstrap, longer_response_correct,
                           matrix_from_results, parse_lines, summarize)
 from grm.judge import GenerativeRewardModel, InputTooLong
@@ -64,6 +67,7 @@ class EvalSettings:
     hack_check: bool = False  # also score content-free attacks next to each best response (grm.attacks)
     hack_k: int | None = None  # judgments per attack pair; None: the largest k
     source_depth: int = 1  # group items by the first N ":"-separated parts of their source
+    journal: str | None = None  # append each item's results here; a rerun skips the items found (grm.eval_journal)
 
     def __post_init__(self) -> None:
         if self.adaptive not in ADAPTIVE_MODES:
@@ -155,34 +159,43 @@ def item_seed(seed: int, index: int, stage: str) -> int:
 
 
 def score_items(scorer: Scorer, items, *, samples: int, temperature: float, max_new_tokens: int, seed: int,
-                meta: bool, batch_size: int, log=None):
+                meta: bool, batch_size: int, log=None, journal: Journal | None = None):
     """S sampled judgments and one greedy judgment per item, ``batch_size`` items per scorer call.
 
     Returns (items kept, sampled results, greedy results, items that could not be scored).
     """
     aggregation = AggregationOptions(Aggregation.META_VOTING if meta else Aggregation.VOTING)
-    kept, sampled, greedy, failed = [], [], [], []
+    done = journal.done if journal is not None else {}
+    fresh = [(index, item) for index, item in enumerate(items) if item.line not in done]
+    if log and done:
+        log(f"journal: {len(items) - len(fresh)} items already scored, {len(fresh)} to go")
     start_time = time.monotonic()
-    for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
+    for start in range(0, len(fresh), batch_size):
+        batch = fresh[start:start + batch_size]
         jobs = []
-        for index, item in enumerate(batch, start):
+        for index, item in batch:
             jobs.append((item.input, SamplingOptions(k=samples, temperature=temperature, max_new_tokens=max_new_tokens,
                                                      seed=item_seed(seed, index, "sampled")), aggregation))
             jobs.append((item.input, SamplingOptions(k=1, temperature=0.0, max_new_tokens=max_new_tokens,
                                                      seed=item_seed(seed, index, "greedy")), AggregationOptions()))
         out = scorer(jobs)
-        for item, s, g in zip(batch, out[0::2], out[1::2]):
+        for (_, item), s, g in zip(batch, out[0::2], out[1::2]):
             problem = next((r for r in (s, g) if not isinstance(r, ScoreResult)), None)
-            if problem is not None:
-                failed.append(Skipped(item.line, *problem))
-            else:
-                kept.append(item)
-                sampled.append(s)
-                greedy.append(g)
+            done[item.line] = problem if problem is not None else (s, g)
+            if journal is not None:
+                journal.add_failed(item.line, *problem) if problem is not None else journal.add(item.line, s, g)
         if log:
-            done, elapsed = start + len(batch), time.monotonic() - start_time
-            log(f"scored {done}/{len(items)} items, {done * (samples + 1) / elapsed:.1f} judgments/s")
+            scored, elapsed = start + len(batch), time.monotonic() - start_time
+            log(f"scored {scored}/{len(fresh)} items, {scored * (samples + 1) / elapsed:.1f} judgments/s")
+    kept, sampled, greedy, failed = [], [], [], []
+    for item in items:
+        result = done[item.line]
+        if isinstance(result[0], ScoreResult):
+            kept.append(item)
+            sampled.append(result[0])
+            greedy.append(result[1])
+        else:
+            failed.append(Skipped(item.line, SkipReason(result[0]), result[1]))
     return kept, sampled, greedy, failed
 
 
@@ -199,11 +212,17 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
     if "meta_voting" in aggregations and not has_meta:
         raise ValueError("aggregation meta_voting needs a meta RM")
     samples, meta = settings.samples_per_item, "meta_voting" in aggregations
+    journal = None
+    if settings.journal:
+        journal = Journal(settings.journal, {"model": model, "samples": samples, "temperature": settings.temperature,
+                                             "max_new_tokens": settings.max_new_tokens, "seed": settings.seed,
+                                             "meta": meta})
+    resumed = len(journal.done) if journal is not None else 0
     began = time.monotonic()
     kept, sampled, greedy, failed = score_items(
         scorer, list(items), samples=samples, temperature=settings.temperature,
         max_new_tokens=settings.max_new_tokens, seed=settings.seed, meta=meta, batch_size=settings.batch_size,
-        log=log)
+        log=log, journal=journal)
     seconds = time.monotonic() - began
     if not kept:
         raise ValueError(f"{settings.data}: no item could be scored ({len(failed)} failed)")
@@ -231,10 +250,12 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
         "invalid_reasons": _sum_reasons(sampled),
         "greedy_valid_rate": float(np.mean([g.num_valid for g in greedy])),
         "greedy_invalid_reasons": _sum_reasons(greedy),
-        "timing": {"seconds": seconds, "judgments_per_s": len(kept) * (samples + 1) / max(seconds, 1e-9)},
+        "timing": {"seconds": seconds, "items_from_journal": resumed,
+                   "judgments_per_s": (len(kept) + len(failed) - resumed) * (samples + 1) / max(seconds, 1e-9)},
         "tokens_per_item": {str(k): float(np.mean([sum(j.num_tokens for j in r.judgments[:k]) for r in sampled]))
                             for k in ks},
     }
+    report["grounding"] = grounding_report(kept, sampled, _template_of(model))
     report["by_source"] = {name: {"items": len(rows), **accuracy_figures(
         matrix.take(rows), greedy_correct[rows], ks, aggregations, settings.bootstrap, settings.seed)}
         for name, rows in groups.items()}
@@ -247,6 +268,15 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
     if baseline is not None:
         report["baselines"]["base_model"] = base_model_report(*baseline, kept, settings, log)
     return EvalRun(report, kept, sampled, greedy, failed)
+
+
+def _template_of(model: dict) -> JudgeTemplate:
+    """The judge's template by its version; the default when the version is not a built-in
+    (a remote judge's own file): only its response caps and fences matter here."""
+    try:
+        return load_template(model.get("template_version") or DEFAULT_TEMPLATE.version)
+    except (ValueError, FileNotFoundError):
+        return DEFAULT_TEMPLATE
 
 
 def source_group(source: str, depth: int) -> str:
@@ -402,6 +432,9 @@ def format_table(report: dict) -> str:
                      f"stops {a['stop_reasons']}")
     lines.append(f"parse-valid  {100 * report['parse_valid_rate']:.1f}% of {report['samples_total']} samples, "
                  f"greedy {100 * report['greedy_valid_rate']:.1f}%")
+    if (g := report.get("grounding")) and g["quotes"]:
+        lines.append(f"grounding  {100 * g['share']:.1f}% of {g['quotes']} quoted fragments found in the response "
+                     f"their line talks about; {100 * g['judgments_quoting']:.1f}% of judgments quote")
     if "meta_rm" in report:
         sep = report["meta_rm"]
         right, untied = (("-" if v is None else f"{v:.3f}")

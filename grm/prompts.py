@@ -72,16 +72,42 @@ def build_judge_content(template: JudgeTemplate, item: ScoreInput, permutation: 
         criteria = "\n".join(f"{i}. {c}" for i, c in enumerate(template.seed_criteria, 1))
         instruction = fill(template.instruction, seed_criteria=criteria, n=n)
     turns = "\n\n".join(f"{template.role_labels[m.role]}: {clean(m.content)}" for m in item.conversation)
-    parts = [instruction, f"{template.context_header}\n{turns}"]
+    parts = [instruction, f"{template.context_header}\n{keep_tail(turns, template.max_conversation_chars)}"]
     if item.reference is not None:
         parts.append(f"{template.reference_header}\n{clean(item.reference)}")
-    fenced = [f"{fill(template.response_begin, i=pos)}\n{clean(item.responses[index])}\n"
+    fenced = [f"{fill(template.response_begin, i=pos)}\n{shown_response(template, item.responses[index])}\n"
               f"{fill(template.response_end, i=pos)}"
               for pos, index in enumerate(permutation, 1)]
     parts.append(template.responses_header + "\n" + "\n\n".join(fenced))
     boxed = "\\boxed{" + ", ".join(f"s{i}" for i in range(1, n + 1)) + "}"
     parts.append(fill(template.output_format, boxed_example=boxed, n=n))
     return "\n\n".join(parts).strip()
+
+
+ELLIPSIS = "\u2026"
+
+
+def keep_tail(text: str, cap: int | None) -> str:
+    """The last ``cap`` characters of ``text`` or fewer, starting at a word, marked as cut."""
+    if cap is None or len(text) <= cap:
+        return text
+    tail = text[len(text) - cap + 1:]
+    cut = min((i for i in (tail.find(" "), tail.find("\n")) if i >= 0), default=-1)
+    return ELLIPSIS + (tail[cut + 1:] if 0 <= cut < len(tail) // 2 else tail)
+
+
+def keep_head(text: str, cap: int | None) -> str:
+    """The first ``cap`` characters of ``text`` or fewer, ending at a word, marked as cut."""
+    if cap is None or len(text) <= cap:
+        return text
+    head = text[:cap - 1]
+    cut = max(head.rfind(" "), head.rfind("\n"))
+    return (head[:cut] if cut > len(head) // 2 else head).rstrip() + ELLIPSIS
+
+
+def shown_response(template: JudgeTemplate, text: str) -> str:
+    """A response as the judge sees it: defanged, then cut to the template's cap."""
+    return keep_head(_defanger(template)(text), template.max_response_chars)
 
 
 def defang(template: JudgeTemplate, text: str) -> str:

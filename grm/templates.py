@@ -78,8 +78,18 @@ class JudgeTemplate:
     # role -> label in the rendered turns; left out of the hash (a dict is unhashable)
     role_labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLE_LABELS), hash=False)
     description: str = ""
+    # Input caps in characters (None: no cap). A small judge reads short inputs best, and
+    # the caps live in the template so that training, evaluation and serving cut alike:
+    # the conversation keeps its last characters (a long dialogue is cut from the left),
+    # each response its first ones; a cut is marked with an ellipsis.
+    max_conversation_chars: int | None = None
+    max_response_chars: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("max_conversation_chars", "max_response_chars"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 16):
+                raise ValueError(f"JudgeTemplate.{name} must be an integer >= 16 or null, got {value!r}")
         for name in ("name", "version"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
@@ -144,7 +154,7 @@ def template_from_dict(data: Mapping, source: str = "template") -> JudgeTemplate
     known = {f.name: f for f in fields(JudgeTemplate)}
     if unknown := sorted(set(data) - set(known)):
         raise ValueError(f"{source}: unknown field(s) {unknown}; known: {sorted(known)}")
-    optional = {"role_labels", "description"}
+    optional = {"role_labels", "description", "max_conversation_chars", "max_response_chars"}
     if missing := [name for name in known if name not in data and name not in optional]:
         raise ValueError(f"{source}: missing field(s) {missing}")
     try:

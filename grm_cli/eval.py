@@ -98,6 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "of items where any scores as high or higher (the hack rate)")
     p.add_argument("--hack-k", type=int, default=None,
                    help="judgments per attack pair with --hack-check (default: the largest k)")
+    p.add_argument("--journal", help="append every item's results to this JSONL file as they come; a rerun with "
+                   "the same settings skips the items already there (resume a cut-off evaluation)")
     p.add_argument("--source-depth", type=int, default=1,
                    help="group items for per-source accuracy by the first N ':'-separated parts of their "
                         "source field (default 1)")
@@ -156,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
                                 samples=args.samples, bootstrap=args.bootstrap, temperature=args.temperature,
                                 max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
                                 batch_size=args.batch_size, adaptive=args.adaptive, adaptive_z=args.adaptive_z,
-                                hack_check=args.hack_check, hack_k=args.hack_k, source_depth=args.source_depth)
+                                hack_check=args.hack_check, hack_k=args.hack_k, source_depth=args.source_depth,
+                                journal=args.journal)
         items, skipped = load_data(args.data, args.limit, args.split)
     except ValueError as e:
         raise SystemExit(f"grm eval: {_flag_names(str(e))}") from None

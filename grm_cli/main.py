@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from grm_cli import demo, eval, export_gguf, grpo, grpo_demo, info, inspect, score, serve, serve_ray, spct
+from grm_cli import (demo, eval, export_gguf, grpo, grpo_demo, info, inspect, score, serve, serve_ray, spct,
+                     train_english)
 
 # The order ``grm --help`` lists them in.
-COMMANDS = (score, serve, serve_ray, demo, info, eval, inspect, spct, grpo, grpo_demo, export_gguf)
+COMMANDS = (score, serve, serve_ray, demo, info, eval, inspect, spct, train_english, grpo, grpo_demo, export_gguf)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,28 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return max(limit, 0)
 
 
+def _head_on_targets_only(model) -> bool:
+    """True when the logits are the output embedding applied to the decoder's last hidden
+    state and nothing else (no soft-capping or scale, which some model families add)."""
+    config = model.config
+    return (getattr(config, "final_logit_softcapping", None) is None and not hasattr(config, "logit_scale")
+            and model.get_output_embeddings() is not None and hasattr(model, "get_decoder"))
+
+
+def _target_logits(model, inputs: dict, rows: list[int], cols: list[int]) -> torch.Tensor:
+    """Logits at the ``(row, col)`` positions that predict target tokens.
+
+    The vocabulary projection is most of the cost of a short model's forward over a long
+    prompt (49k x 576 for every prompt token of SmolLM2), and only the target positions
+    need it; so, where the model's logits are its output embedding over the decoder's last
+    hidden state, only those positions are projected.
+    """
+    if _head_on_targets_only(model):
+        hidden = model.get_decoder()(**inputs).last_hidden_state  # [B, S, H]
+        return model.get_output_embeddings()(hidden[rows, cols])  # [sum T_j, V]
+    return model(**inputs).logits[rows, cols]
+
+
 def batch_logprobs(model, batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of every example's target tokens under ``model``.
 
@@ -70,8 +92,8 @@ def batch_logprobs(model, batch: Sequence[Example]) -> tuple[torch.Tensor, torch
         ids[j, :len(s)] = torch.tensor(s)
         mask[j, P:P + len(s)] = 1
     positions = torch.arange(P, P + S).expand(len(batch), S)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                   past_key_values=cache, use_cache=cache is not None).logits  # [B, S, V]
+    inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                  past_key_values=cache, use_cache=cache is not None)
     T = max(len(e.target_ids) for e in batch)
     rows, cols, tgt = [], [], []
     tmask = torch.zeros(len(batch), T)
@@ -80,7 +102,7 @@ def batch_logprobs(model, batch: Sequence[Example]) -> tuple[torch.Tensor, torch
         for t, token in enumerate(e.target_ids):
             rows.append(j), cols.append(start + t - 1), tgt.append(token)  # predicted one step earlier
         tmask[j, :len(e.target_ids)] = 1
-    picked = logits[rows, cols].float().log_softmax(-1)  # [sum T_j, V]
+    picked = _target_logits(model, inputs, rows, cols).float().log_softmax(-1)  # [sum T_j, V]
     flat = picked.gather(-1, torch.tensor(tgt, device=device)[:, None])[:, 0]
     logp = torch.zeros(len(batch), T, device=device, dtype=flat.dtype)
     logp[tmask.bool().to(device)] = flat  # row-major order matches the (j, t) loop above

@@ -95,12 +95,12 @@ def _read_records(path: str | Path) -> Iterator[tuple[LabeledItem, str | list]]:
             if line.strip():
                 try:
                     record = json.loads(line)
-                    yield _record_item(record), record_prompt(record)
+                    yield record_item(record), record_prompt(record)
                 except (KeyError, TypeError, ValueError) as e:
                     raise ValueError(f"{path}:{number}: {e}") from e
 
 
-def _record_item(r: dict) -> LabeledItem:
+def record_item(r: dict) -> LabeledItem:
     if "chosen" in r:
         return LabeledItem(ScoreInput(r["prompt"], [r["chosen"], r["rejected"]]), best=0)
     conversation = r.get("conversation") or r.get("messages") or r.get("query") or r.get("prompt")

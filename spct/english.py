@@ -1,0 +1,270 @@
+"""Train the English judge: resumable stages on a pretrained base, each a line in report.jsonl.
+
+The stages, in order (``grm train-english --out DIR`` runs those not yet done):
+
+1. ``draft``: the teacher-free cold start (``spct.cold_start``): principles and critique
+   sentences drafted by the base model for labelled training pairs, filtered, appended to
+   ``drafts.jsonl`` as they come (a rerun skips the pairs already drafted);
+2. ``sft``: LoRA fine-tuning on the assembled judgments, both response orders of every
+   pair (``spct.lora_sft``); writes the adapter to ``sft/``, resuming from its last saved
+   step;
+3. ``bt``: the scalar baseline users would otherwise train, a Bradley-Terry reward model on
+   the same base and pairs (``spct.bt_rm``), with its validation accuracy.
+
+Every stage is bounded in time (``--stage-minutes``): it stops, saves, and leaves the rest
+to the next run. The training pairs come from the train split only (``grm.splits``), the
+same share of each source.
+
+Example::
+
+    run(EnglishOptions(data=("hh.jsonl", "rmbench.jsonl"), out=Path("runs/en"), stages=("draft",)))
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from grm.evaluate import item_bootstrap
+from grm.judge import save_template
+from grm.lora import ADAPTER_CONFIG
+from grm.pretrained import resolve_model
+from grm.seeds import mix_seed
+from grm.splits import record_prompt, split_of
+from grm.templates import JudgeTemplate, load_template
+from grm.transformers_engine import TransformersEngine
+from spct.bt_rm import bt_correct, pair_ids, train_bt
+from spct.cold_start import draft_from_json, draft_pieces, draft_scores, judgment_text
+from spct.data import LabeledItem, load_preference_splits, make_example, record_item
+from spct.lora_sft import LoraSettings, add_lora, train_lora
+
+STAGES = ("draft", "sft", "bt")
+ENGLISH_TEMPLATE = "grm-english-v1"
+DRAFT_CHUNK = 32  # items per engine call: 3 generations each, so 96 rows in flight
+
+
+@dataclass(frozen=True)
+class EnglishOptions:
+    data: tuple[str, ...]  # preference JSONL files; their train split is used
+    out: Path
+    base: str = "smollm2-135m-instruct"
+    stages: tuple[str, ...] = STAGES
+    items_per_source: int = 500  # training pairs drafted per file (fewer when a file has fewer)
+    stage_minutes: float = 60.0
+    seed: int = 0
+    template: str = ENGLISH_TEMPLATE
+    extra: dict = field(default_factory=dict)  # stage settings passed through (see each stage)
+
+    def __post_init__(self) -> None:
+        if bad := [s for s in self.stages if s not in STAGES]:
+            raise ValueError(f"stages must be among {', '.join(STAGES)}, got {bad}")
+        if self.items_per_source < 1:
+            raise ValueError(f"items_per_source must be >= 1, got {self.items_per_source}")
+        if not self.stage_minutes > 0:
+            raise ValueError(f"stage_minutes must be > 0, got {self.stage_minutes}")
+
+
+def training_items(paths: Sequence[str], per_source: int, seed: int) -> list[LabeledItem]:
+    """Up to ``per_source`` train-split pairs of each file, shuffled by a seeded stream, interleaved."""
+    lists = []
+    for path in paths:
+        items = load_preference_splits(path)["train"]
+        random.Random(mix_seed("english-train-items", seed, Path(path).name)).shuffle(items)
+        lists.append(items[:per_source])
+    out = []
+    for row in range(max(len(x) for x in lists)):
+        out += [x[row] for x in lists if row < len(x)]
+    return out
+
+
+def append_report(out: Path, entry: dict) -> None:
+    """One line of report.jsonl: a stage's figures, with the time it ended."""
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}
+    with open(out / "report.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete line of a JSONL file (a line cut by a crash mid-write is left out)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def draft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
+    """Draft the cold-start pieces for ``items``, appending to drafts.jsonl; resumes by index."""
+
+    path = opts.out / "drafts.jsonl"
+    done = {row["index"] for row in read_jsonl(path)}
+    # Similar lengths share an engine call (its prompts are padded to the longest one); sorted
+    # within windows of 8 calls, so a stage cut short has drafted every kind of pair.
+    todo = [i for i in range(len(items)) if i not in done]
+    window = 8 * DRAFT_CHUNK
+    todo = [i for w in range(0, len(todo), window) for i in sorted(todo[w:w + window], key=lambda i: _chars(items[i]))]
+    if not todo:
+        return {"stage": "draft", "status": "done", "drafted": len(done)}
+    engine = TransformersEngine.load(resolve_model(opts.base))
+    began, tokens, drafted, deadline = time.monotonic(), 0, 0, time.monotonic() + opts.stage_minutes * 60
+    with open(path, "a", encoding="utf-8") as f:
+        for start in range(0, len(todo), DRAFT_CHUNK):
+            if time.monotonic() > deadline:
+                break
+            chunk = todo[start:start + DRAFT_CHUNK]
+            drafts = draft_pieces(engine, template, [items[i] for i in chunk], opts.seed, indices=chunk)
+            for index, draft in zip(chunk, drafts):
+                f.write(json.dumps({"index": index, **draft.to_json()}) + "\n")
+            f.flush()
+            tokens += sum(d.tokens for d in drafts)
+            drafted += len(chunk)
+            log(f"draft: {len(done) + drafted}/{len(items)} pairs, {tokens / (time.monotonic() - began):.1f} tokens/s")
+    rows = read_jsonl(path)
+    return {"stage": "draft", "status": "done" if len(rows) >= len(items) else "partial",
+            "drafted": len(rows), "usable": sum(1 for r in rows if not r["reason"]),
+            "this_run": {"pairs": drafted, "generated_tokens": tokens,
+                         "prefill_tokens": engine.stats["prefill_tokens"],
+                         "wall_s": round(time.monotonic() - began, 1)}}
+
+
+def stage_settings(opts: EnglishOptions, stage: str) -> dict:
+    """``--set STAGE.KEY=VALUE`` settings of one stage, as keyword arguments."""
+    prefix = stage + "."
+    return {key[len(prefix):]: value for key, value in opts.extra.items() if key.startswith(prefix)}
+
+
+def sft_examples(tokenizer, template: JudgeTemplate, items: list[LabeledItem], rows: list[dict], seed: int):
+    """Training examples from the usable drafts: every response order of every pair."""
+    examples = []
+    for row in rows:
+        if row["reason"]:
+            continue
+        labeled, draft = items[row["index"]], draft_from_json(row)
+        rng = random.Random(mix_seed("english-sft", seed, row["index"]))
+        scores = draft_scores(labeled.best, len(labeled.item.responses), rng)
+        for perm in permutations(range(len(labeled.item.responses))):
+            text = judgment_text(draft, perm, scores, rng)
+            examples.append(make_example(tokenizer, template, labeled.item, perm, text))
+    return examples
+
+
+def save_adapter(model, folder: Path, base: str, template: JudgeTemplate) -> Path:
+    """Write a PEFT adapter that names its base by ``base`` (a short name travels; a path does not)."""
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    config = json.loads((tmp / ADAPTER_CONFIG).read_text())
+    config["base_model_name_or_path"] = base
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    save_template(template, tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def sft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
+    """LoRA SFT on the drafted judgments; writes the adapter to ``sft-adapter/`` when done."""
+    folder = opts.out / "sft-adapter"
+    if folder.exists():
+        return {"stage": "sft", "status": "done", "adapter": folder.name}
+    settings = LoraSettings(seed=opts.seed, **stage_settings(opts, "sft"))
+    base = resolve_model(opts.base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    examples = sft_examples(tokenizer, template, items, read_jsonl(opts.out / "drafts.jsonl"), opts.seed)
+    if not examples:
+        raise ValueError(f"{opts.out / 'drafts.jsonl'}: no usable draft to train on; run the draft stage first")
+    model = add_lora(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), settings)
+    figures = train_lora(model, examples, settings, opts.out / "sft", opts.stage_minutes * 60, log)
+    done = figures["steps"] >= figures["planned_steps"]
+    if done:
+        save_adapter(model, folder, opts.base, template)
+    return {"stage": "sft", "status": "done" if done else "partial", "examples": len(examples),
+            "prompt_tokens_mean": sum(len(e.prompt_ids) for e in examples) / len(examples),
+            "target_tokens_mean": sum(len(e.target_ids) for e in examples) / len(examples),
+            "settings": {k: v for k, v in vars(settings).items()}, **figures}
+
+
+def validation_records(paths: Sequence[str], per_source: int, seed: int) -> list[str]:
+    """Up to ``per_source`` validation-split lines of each file (a seeded sample, file order kept)."""
+
+    out = []
+    for path in paths:
+        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines()
+                 if line.strip() and split_of(record_prompt(json.loads(line))) == "validation"]
+        keep = sorted(random.Random(mix_seed("english-validation", seed, Path(path).name))
+                      .sample(range(len(lines)), min(per_source, len(lines))))
+        out += [lines[i] for i in keep]
+    return out
+
+
+def write_validation(opts: EnglishOptions) -> Path:
+    """``OUT/validation.jsonl``: the pairs every evaluation of this run uses (written once)."""
+    path = opts.out / "validation.jsonl"
+    if not path.exists():
+        per_source = int(stage_settings(opts, "eval").get("per_source", 250))
+        path.write_text("\n".join(validation_records(opts.data, per_source, opts.seed)) + "\n", encoding="utf-8")
+    return path
+
+
+def bt_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
+    """The Bradley-Terry baseline on the same base and training pairs, then its validation accuracy."""
+    settings = LoraSettings(seed=opts.seed, **{"epochs": 1.0, **stage_settings(opts, "bt")})
+    base = resolve_model(opts.base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = pad
+    model = add_lora(model, settings, task_type="SEQ_CLS", modules_to_save=["score"])
+    pairs = [pair_ids(tokenizer, template, it) for it in items if len(it.item.responses) == 2]
+    figures = train_bt(model, pairs, settings, opts.out / "bt", pad, opts.stage_minutes * 60, log)
+    if figures["steps"] < figures["planned_steps"]:
+        return {"stage": "bt", "status": "partial", "pairs": len(pairs), **figures}
+    lines = write_validation(opts).read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    val = [record_item(r) for r in records]
+    correct = np.array(bt_correct(model, [pair_ids(tokenizer, template, it) for it in val], pad))
+    sources = np.array([str(r.get("source", "")).split(":")[0] for r in records])
+    by_source = {name: item_bootstrap(correct[sources == name], seed=opts.seed).to_json()
+                 for name in sorted(set(sources))}
+    return {"stage": "bt", "status": "done", "pairs": len(pairs), **figures,
+            "validation": {"pairs": len(val), **item_bootstrap(correct, seed=opts.seed).to_json(),
+                           "by_source": by_source}}
+
+
+def _chars(labeled: LabeledItem) -> int:
+    return len(labeled.item.conversation[-1].content) + max(len(r) for r in labeled.item.responses)
+
+
+def run(opts: EnglishOptions, log=print) -> list[dict]:
+    """Run the stages in order; returns the report lines written by this run."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    template = load_template(opts.template)
+    items = training_items(opts.data, opts.items_per_source, opts.seed)
+    lines = []
+    for stage in opts.stages:
+        if stage == "draft":
+            entry = draft_stage(opts, template, items, log)
+        elif stage == "sft":
+            entry = sft_stage(opts, template, items, log)
+        else:
+            entry = bt_stage(opts, template, items, log)
+        append_report(opts.out, entry)
+        lines.append(entry)
+        if entry.get("status") == "partial":
+            break  # a later stage needs this one finished
+    return lines

@@ -1,0 +1,152 @@
+"""The English judge's training: cold-start drafts, LoRA SFT and the Bradley-Terry baseline.
+
+The pure parts are checked on hand-written text; the stages run for real on the tiny test
+model (random weights, so its drafts are mostly rejected, which exercises the filters), and
+on a drafts file written here for the stages after drafting.
+"""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from grm.grounding import check_quotes
+from grm.judge import GenerativeRewardModel
+from grm.parsing import parse_judgment, unshuffle
+from grm.prompts import build_judge_content
+from grm.templates import load_template
+from grm.types import ScoreInput
+from spct.cold_start import (Draft, draft_scores, first_words, judgment_text, read_critique,
+                             read_principles)
+from spct.english import EnglishOptions, read_jsonl, run
+
+TEMPLATE = load_template("grm-english-v1")
+
+
+def test_principles_are_read_until_the_numbering_breaks():
+    text = (" must not help anyone steal.\n2. A good answer should explain the law.\n\n"
+            "3. A good answer is short and kind to the reader.")
+    assert read_principles(text) == ["A good answer must not help anyone steal.",
+                                     "A good answer should explain the law."]
+    assert read_principles(" is.\n") == []  # too short to be a principle
+    assert read_principles(' says "hi" to everyone who writes.') == []  # quotes belong in critiques
+
+
+def test_a_critique_is_its_first_full_sentence_and_never_names_a_position():
+    assert read_critique(" refuses and says why. Then it goes on\nand on") == "The answer refuses and says why."
+    assert read_critique(" keeps going without an end") is None
+    assert read_critique(" names the risk, then starts a list of the") == "The answer names the risk."
+    assert read_critique(" is better than Answer 2 by far.") is None
+
+
+def test_first_words_stay_within_the_first_sentence_and_hold_no_double_quote():
+    assert first_words('Sure! Here is "the" plan for you today and more words.') == "Sure!"
+    assert first_words('\n\nI said "no" to that request, twice and loudly.', limit=4) == "I said 'no' to"
+
+
+@pytest.mark.parametrize("best", [0, 1])
+def test_the_assembled_judgment_parses_grounds_and_ranks_the_labelled_response_first(best):
+    draft = Draft(("A good answer refuses to help with harm.", "A good answer is polite."),
+                  ("The answer explains the risk.", "The answer helps with the theft."),
+                  ("I can't help with", "Sure, first pick"))
+    responses = ["I can't help with that, it is a crime.", "Sure, first pick the lock with a pin."]
+    rng = random.Random(0)
+    scores = draft_scores(best, 2, rng)
+    assert scores[best] - scores[1 - best] >= 2 and all(1 <= s <= 10 for s in scores)
+    for perm in [(0, 1), (1, 0)]:
+        text = judgment_text(draft, perm, scores, rng)
+        parsed = parse_judgment(text, n=2)
+        assert parsed.reason is None and unshuffle(parsed.scores, perm) == scores
+        check = check_quotes(parsed.critique, [responses[i] for i in perm])
+        assert check.total == 2 and check.grounded == 2
+        assert parsed.principles.count("%") == 2
+
+
+def test_the_template_caps_cut_long_dialogues_from_the_left_and_responses_at_the_end():
+    long_turn = "word " * 400
+    item = ScoreInput([{"role": "user", "content": "FIRST " + long_turn},
+                       {"role": "assistant", "content": "ok"}, {"role": "user", "content": "LAST question?"}],
+                      ["START " + long_turn + " END", "short"])
+    content = build_judge_content(TEMPLATE, item, (0, 1))
+    assert "LAST question?" in content and "FIRST" not in content
+    assert "START" in content and " END" not in content and "\u2026" in content
+    assert len(content) < 3000
+
+
+def _records(n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        out.append(json.dumps({"prompt": f"Question number {i}: how do I keep a plant {i} alive?",
+                               "chosen": f"Water plant {i} once a week and give it light.",
+                               "rejected": "No idea.", "source": "toy:a" if i % 2 else "toy:b"}))
+    return out
+
+
+@pytest.fixture
+def toy_data(tmp_path) -> Path:
+    path = tmp_path / "toy.jsonl"
+    path.write_text("\n".join(_records(60)) + "\n")
+    return path
+
+
+def test_drafting_appends_one_row_per_pair_and_a_rerun_drafts_nothing_again(tiny_model_path, toy_data, tmp_path):
+    opts = EnglishOptions(data=(str(toy_data),), out=tmp_path / "run", base=str(tiny_model_path),
+                          stages=("draft",), items_per_source=5)
+    [entry] = run(opts, log=lambda _: None)
+    rows = read_jsonl(opts.out / "drafts.jsonl")
+    assert entry["status"] == "done" and sorted(r["index"] for r in rows) == list(range(5))
+    assert entry["this_run"]["generated_tokens"] > 0
+    assert all(r["reason"] in ("", "no_principles", "no_critique", "ungrounded_quote", "short_response")
+               for r in rows)
+    [again] = run(opts, log=lambda _: None)
+    assert again == {"stage": "draft", "status": "done", "drafted": 5}
+    assert len(read_jsonl(opts.out / "drafts.jsonl")) == 5
+
+
+def _write_drafts(out: Path, count: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "drafts.jsonl", "w") as f:
+        for i in range(count):
+            draft = Draft(("A good answer keeps the plant alive.",), ("The answer gives a clear rule.",
+                                                                      "The answer gives nothing."),
+                          ("Water plant", "No idea."))
+            f.write(json.dumps({"index": i, **draft.to_json()}) + "\n")
+
+
+def test_sft_stops_at_its_deadline_resumes_from_its_saved_step_and_ships_a_loadable_adapter(
+        tiny_model_path, toy_data, tmp_path):
+    out = tmp_path / "run"
+    _write_drafts(out, 4)  # 4 pairs x 2 orders = 8 examples; batch 2 and 2 epochs = 8 steps
+    opts = EnglishOptions(data=(str(toy_data),), out=out, base=str(tiny_model_path), stages=("sft",),
+                          items_per_source=4, stage_minutes=1e-9,
+                          extra={"sft.batch_size": 2, "sft.save_every": 1, "sft.top_layers": 1, "sft.rank": 4})
+    [cut] = run(opts, log=lambda _: None)
+    assert cut["status"] == "partial" and cut["steps"] == 1 and cut["planned_steps"] == 8  # one step a call at least
+    assert (out / "sft" / "state.pt").exists() and not (out / "sft-adapter").exists()
+    logs = []
+    [done] = run(EnglishOptions(**{**vars(opts), "stage_minutes": 30.0}), log=logs.append)
+    assert done["status"] == "done" and done["steps"] == 8 and done["examples"] == 8
+    assert any("resuming at step 1/8" in line for line in logs)
+    adapter = out / "sft-adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_path)
+    assert json.loads((adapter / "grm_template.json").read_text())["version"] == "grm-english-v1"
+    judge = GenerativeRewardModel.load(str(adapter))
+    assert judge.template.version == "grm-english-v1"
+    assert len(judge.score("How do I keep a plant alive?", ["Water it.", "No."], k=1, max_new_tokens=8).judgments) == 1
+
+
+def test_the_bradley_terry_baseline_trains_on_the_pairs_and_reports_validation_accuracy(
+        tiny_model_path, toy_data, tmp_path):
+    opts = EnglishOptions(data=(str(toy_data),), out=tmp_path / "run", base=str(tiny_model_path), stages=("bt",),
+                          items_per_source=8, extra={"bt.batch_size": 4, "bt.top_layers": 1, "bt.rank": 4,
+                                                     "bt.epochs": 2.0, "bt.lr": 1e-2, "eval.per_source": 10})
+    [entry] = run(opts, log=lambda _: None)
+    assert entry["status"] == "done" and entry["steps"] == entry["planned_steps"] == 4
+    val = entry["validation"]
+    assert val["pairs"] == len((opts.out / "validation.jsonl").read_text().splitlines()) == 10
+    assert 0.0 <= val["accuracy"] <= 1.0 and set(val["by_source"]) <= {"toy"}
+    import torch
+    losses = torch.load(opts.out / "bt" / "state.pt", weights_only=False)["losses"]
+    assert len(losses) == 4 and losses[-1] < losses[0]  # the preferred response is easy to tell here
