@@ -13,25 +13,41 @@ the middle, then SIGTERM while the load goes on.
    with SIGKILL and restarted 5 s later on the same port.
 4. SIGTERM with the load still running for a few more seconds; the process must exit 0.
 
+Two hostile additions, each an option:
+
+- ``--stalled-engine``: the server samples on a real ``llama-server`` through two URLs, each
+  a proxy in front of it (tests/services/engine_proxy.py); the first proxy stalls one
+  completion call in ``--stall-every`` halfway through its reply, so that URL keeps being
+  ejected for a stall and re-admitted while the load goes on;
+- ``--tcp-flood N``: the server runs with TLS and its HTTP port, under a file limit of
+  ``--fd-limit``, and N bare TCP connections that never start a handshake are held open
+  against the HTTP port (reopened as the server closes them), from the capacity probe on,
+  so the admitted rate is what the server manages under the flood.
+
 Printed: admitted calls' p50/p99 latency; every status by kind of request; RSS after
-warm-up and at the end; and every failure that is not a deliberate answer. Deliberate:
-OK; INVALID_ARGUMENT for the invalid inputs; RESOURCE_EXHAUSTED (refused with a retry hint);
+warm-up and at the end; the server's open file descriptors (after warm-up, at most) and
+its log lines; and every failure that is not a deliberate answer. Deliberate: OK;
+INVALID_ARGUMENT for the invalid inputs; RESOURCE_EXHAUSTED (refused with a retry hint);
 UNAVAILABLE only after SIGTERM, for calls refused before they started.
 
     python benchmarks/soak.py                       # 10 minutes of load
     python benchmarks/soak.py --duration-s 60       # a short run
+    python benchmarks/soak.py --duration-s 120 --stalled-engine --tcp-flood 2000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,9 +56,10 @@ sys.path.append(str(Path(__file__).absolute().parents[1] / "tests" / "services")
 
 import grpc
 from redis_fixtures import RedisServer
+from soak_hazards import ConnectionFlood, Setup, fd_count, stalled_engine, tls_files
 
 from grm.default_model import default_model_path
-from services.client import AsyncRewardClient, RetryPolicy
+from services.client import DEFAULT_MAX_MESSAGE_BYTES, AsyncRewardClient, RetryPolicy, open_channel
 from services.proto.grm.v1 import reward_pb2 as pb
 
 TOPICS = ["sea", "city", "moon", "river", "garden", "winter", "train", "forest"]
@@ -57,6 +74,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--drain-s", type=float, default=5.0, help="seconds the load continues after SIGTERM")
     p.add_argument("--timeout-s", type=float, default=60.0, help="each call's deadline")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stalled-engine", action="store_true",
+                   help="sample on llama-server through two URLs, one of which stalls calls halfway")
+    p.add_argument("--stall-every", type=int, default=10, help="the stalling URL holds one completion call in N")
+    p.add_argument("--tcp-flood", type=int, default=0, metavar="N",
+                   help="hold N bare TCP connections against the TLS HTTP port during the load")
+    p.add_argument("--fd-limit", type=int, default=1024, help="the server's file limit under --tcp-flood")
+    p.add_argument("--log-out", help="keep the server's log (stderr) of the load phase here")
     return p.parse_args()
 
 
@@ -67,20 +91,23 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(redis_url: str, max_calls: int = 0) -> tuple[subprocess.Popen, str]:
+def start_server(redis_url: str, setup: Setup, max_calls: int = 0) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "grm_cli", "serve", "--model", str(default_model_path()), "--port", "0",
            "--redis-url", redis_url, "--metrics-port", "-1", "--grace", "30", "--max-calls-per-caller", str(max_calls),
            # bounded caches fill during the warm-up, so RSS growth after it would be a leak
-           "--prefix-cache-mb", "32"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+           "--prefix-cache-mb", "32", *setup.flags]
+    with open(setup.log, "w") as log:  # a fresh log per start: its lines are the last server's
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=setup.limit_files)
     address = None
     for line in proc.stdout:
         if line.startswith("serving on "):
             address = line.split()[2]
+        if line.startswith("OpenRLHF reward endpoint on "):
+            setup.http_port = int(line.rsplit(":", 1)[1].split("/")[0])
         if line.startswith("ready:"):
             break
     if address is None:
-        raise RuntimeError("grm serve did not start")
+        raise RuntimeError(f"grm serve did not start; its log: {Path(setup.log).read_text()[-2000:]}")
     return proc, address
 
 
@@ -130,9 +157,9 @@ async def probe(client: AsyncRewardClient, seconds: float, concurrency: int, rng
 
 
 async def drive(args, client, rate: float, redis: RedisServer, proc: subprocess.Popen, rng: random.Random,
-                address: str):
+                address: str, setup: Setup):
     log: list = []
-    channel = grpc.aio.insecure_channel(address)
+    channel = open_channel(address, DEFAULT_MAX_MESSAGE_BYTES, setup.tls, asynchronous=True)
     raw = channel.unary_unary("/grm.v1.RewardService/Score")
     bad = bad_requests()
     tasks: set[asyncio.Task] = set()
@@ -176,7 +203,8 @@ async def drive(args, client, rate: float, redis: RedisServer, proc: subprocess.
     return log, sigterm_at
 
 
-def report(log, sigterm_at: float, rss_start: float, rss_end: float, exit_code: int, capacity: float) -> int:
+def report(log, sigterm_at: float, rss_start: float, rss_end: float, exit_code: int, capacity: float,
+           extra: list[str]) -> int:
     deliberate = {"new": {"OK", "RESOURCE_EXHAUSTED"}, "repeat": {"OK", "RESOURCE_EXHAUSTED"},
                   "bad": {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}}
     counts: dict[tuple[str, str], int] = {}
@@ -195,6 +223,8 @@ def report(log, sigterm_at: float, rss_start: float, rss_end: float, exit_code: 
         print(f"  {kind:7s} {code:20s} {count}")
     print(f"RSS after warm-up {rss_start:.0f} MB, at the end {rss_end:.0f} MB "
           f"({100 * (rss_end - rss_start) / rss_start:+.1f}%)")
+    for line in extra:
+        print(line)
     print(f"exit code after SIGTERM: {exit_code}")
     print(f"failures that are not deliberate refusals: {len(failures)}")
     for f in failures[:50]:
@@ -202,43 +232,70 @@ def report(log, sigterm_at: float, rss_start: float, rss_end: float, exit_code: 
     return 0 if not failures and exit_code == 0 else 1
 
 
+def flood_of(setup: Setup, n: int) -> ConnectionFlood | None:
+    return ConnectionFlood(setup.http_port, n).start() if n else None
+
+
 async def main_async(args) -> int:
     rng = random.Random(args.seed)
-    with RedisServer() as redis:
-        proc, address = start_server(redis.url)
-        client = AsyncRewardClient(address, retry=RetryPolicy(max_attempts=1, honour_pushback=False))
+    with RedisServer() as redis, tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        setup = Setup(log=str(Path(tmp) / "server.log"))
+        if args.stalled_engine:
+            stalling = stalled_engine(setup, stack, args.stall_every)
+        if args.tcp_flood:
+            tls_files(setup, Path(tmp), args.fd_limit)
+        proc, address = start_server(redis.url, setup)
+        flood = flood_of(setup, args.tcp_flood)  # the capacity is measured under the same flood
+        client = AsyncRewardClient(address, retry=RetryPolicy(max_attempts=1, honour_pushback=False), tls=setup.tls)
         capacity = await probe(client, args.probe_s, args.probe_concurrency, rng)
         await client.close()
+        if flood is not None:
+            flood.stop()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         # Admit only what the engine can finish within a third of a deadline; the rest is
         # refused at once with a retry hint instead of waiting until its deadline passes.
         max_calls = max(1, int(capacity * args.timeout_s / 3))
-        proc, address = start_server(redis.url, max_calls)
+        proc, address = start_server(redis.url, setup, max_calls)
+        flood = flood_of(setup, args.tcp_flood)
         try:
-            client = AsyncRewardClient(address, retry=RetryPolicy(max_attempts=1, honour_pushback=False))
+            client = AsyncRewardClient(address, retry=RetryPolicy(max_attempts=1, honour_pushback=False),
+                                       tls=setup.tls)
             await probe(client, min(args.probe_s, 20.0), args.probe_concurrency, rng)  # warm-up
-            rss_start = rss_mb(proc.pid)
+            rss_start, fds_start = rss_mb(proc.pid), fd_count(proc.pid)
             print(f"serving with --max-calls-per-caller {max_calls}", flush=True)
             print(f"capacity {capacity:.2f} calls/s; RSS after warm-up {rss_start:.0f} MB", flush=True)
-            last_rss = [rss_start]
+            last_rss, fds = [rss_start], [fds_start]
             trace: list[tuple[float, float]] = []  # (seconds into the load, RSS MB)
             began = time.monotonic()
 
-            async def watch_rss():
+            async def watch():
                 while proc.poll() is None:
                     last_rss[0] = rss_mb(proc.pid)
+                    fds.append(fd_count(proc.pid))
                     trace.append((time.monotonic() - began, last_rss[0]))
                     await asyncio.sleep(1)
-            watcher = asyncio.create_task(watch_rss())
-            log, sigterm_at = await drive(args, client, 2 * capacity, redis, proc, rng, address)
+            watcher = asyncio.create_task(watch())
+            log, sigterm_at = await drive(args, client, 2 * capacity, redis, proc, rng, address, setup)
             exit_code = await asyncio.to_thread(proc.wait, 60)
             watcher.cancel()
             await client.close()
+            extra = [f"open file descriptors: {fds_start} after warm-up, at most {max(fds)} during the load",
+                     f"server log: {setup.log_lines()} lines, {setup.log_bytes()} bytes"]
+            if args.log_out:
+                shutil.copyfile(setup.log, args.log_out)
+            if flood is not None:
+                flood.stop()
+                extra.append(f"connection flood on the TLS HTTP port: {flood.describe()}")
+            if args.stalled_engine:
+                extra.append(f"stalling engine URL: {stalling.stalled} completion calls held halfway, "
+                             f"{stalling.closed_by_client} of them cut by the server")
             marks = [trace[min(len(trace) - 1, int(q * len(trace)))] for q in (0.25, 0.5, 0.75)] if trace else []
             print("RSS during the load: " + ", ".join(f"{t:.0f} s {mb:.0f} MB" for t, mb in marks))
-            return report(log, sigterm_at, rss_start, last_rss[0], exit_code, capacity)
+            return report(log, sigterm_at, rss_start, last_rss[0], exit_code, capacity, extra)
         finally:
+            if flood is not None:
+                flood.stop()
             if proc.poll() is None:
                 proc.kill()
 

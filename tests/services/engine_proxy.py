@@ -29,6 +29,13 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:  # a client that hung up is no news here
+        pass
+
+
 class EngineProxy:
     def __init__(self, target_url: str):
         self.target = urlsplit(target_url)
@@ -39,8 +46,7 @@ class EngineProxy:
         self._lock = threading.Lock()
         self.stalled = 0  # completion calls held so far
         self.closed_by_client = 0  # held calls whose client hung up
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
