@@ -12,7 +12,8 @@ Redis master of a third of the slots is SIGKILLed too, at three quarters. It pri
 - failed requests at the client (goal 0);
 - engine runs, ``grm_items_total{source="computed"}`` summed over every replica process,
   the killed one included (the replicas write their counters to files), against the
-  distinct requests (goal: equal, each computed once; across a Redis failover at most twice);
+  distinct requests (goal: equal, each computed once; across a Redis failover at most twice;
+  a replica killed after a pass but before storing its results leaves those to run again);
 - the repeats answered from the cache (a repeat sent while its original was still being
   computed joins that computation instead).
 
@@ -73,62 +74,59 @@ def wait_for(answers: threading.Semaphore, n: int) -> None:
         answers.acquire()
 
 
-def start_redis(kind: str):
-    redis = RedisClusterServers() if kind == "cluster" else RedisServer()
-    redis.start()
-    return redis
-
-
 def main() -> None:
     args = parse_args()
     if args.kill_master and args.redis != "cluster":
         raise SystemExit("--kill-master needs --redis cluster")
-    order = plan(args)
-    distinct = max(order) + 1
-    tasks = generate_tasks(distinct, seed=5, split="test")
     counters = tempfile.mkdtemp(prefix="grm-ray-counters-")
-    redis = start_redis(args.redis)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=200 * 2**20,
-             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
-    try:
-        settings = ServeSettings(ReplicaSettings(redis_url=redis.url, torch_threads=1), num_replicas=args.replicas,
-                                 replica_cpus=args.cpus / (args.replicas + 1),
-                                 env={"PROMETHEUS_MULTIPROC_DIR": counters})
-        start = time.perf_counter()
-        loader = functools.partial(GenerativeRewardModel.load, str(PACKAGED))
-        handle = serve.run(reward_app(loader, ServerConfig(), settings), name="grm-bench", route_prefix=None)
-        victim = sorted(live_replicas(handle, args.replicas))[0]
-        print(f"{args.replicas} replicas serving after {time.perf_counter() - start:.1f} s")
-        client = ServeRewardClient(handle, timeout_s=300)
-        answers: dict[int, object] = {}
-        done = threading.Semaphore(0)
+    with RedisClusterServers() if args.redis == "cluster" else RedisServer() as redis:
+        ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=200 * 2**20,
+                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+        try:
+            settings = ServeSettings(ReplicaSettings(redis_url=redis.url, torch_threads=1),
+                                     num_replicas=args.replicas, replica_cpus=args.cpus / (args.replicas + 1),
+                                     env={"PROMETHEUS_MULTIPROC_DIR": counters})
+            start = time.perf_counter()
+            loader = functools.partial(GenerativeRewardModel.load, str(PACKAGED))
+            handle = serve.run(reward_app(loader, ServerConfig(), settings), name="grm-bench", route_prefix=None)
+            victim = sorted(live_replicas(handle, args.replicas))[0]
+            print(f"{args.replicas} replicas serving after {time.perf_counter() - start:.1f} s")
+            measure(args, handle, victim, redis, counters)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
-        def call(i: int) -> None:
-            t = tasks[order[i]]
-            try:
-                answers[i] = client.score(t.query, list(t.responses), k=args.k, max_new_tokens=args.max_new_tokens,
-                                          seed=order[i])
-            except Exception as e:  # reported below; the goal is none
-                answers[i] = f"{type(e).__name__}: {e}"
-            done.release()
 
-        start = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            pool.map(call, range(args.requests))  # all submitted now
-            wait_for(done, args.requests // 2)
-            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-            print(f"killed replica {victim} (ray.kill) after {args.requests // 2} answers, "
-                  f"{time.perf_counter() - start:.1f} s in")
-            if args.kill_master:
-                wait_for(done, args.requests // 4)
-                port = redis.kill_master_of("any-key")
-                print(f"killed the Redis master on port {port} (SIGKILL) after {3 * args.requests // 4} answers")
-        elapsed = time.perf_counter() - start
-        report(args, order, answers, engine_runs(counters), elapsed, client.waits)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        redis.stop()
+def measure(args: argparse.Namespace, handle, victim: str, redis, counters: str) -> None:
+    """The request stream through the handle, the kills midway, then the report."""
+    order = plan(args)
+    tasks = generate_tasks(max(order) + 1, seed=5, split="test")
+    client = ServeRewardClient(handle, timeout_s=300)
+    answers: dict[int, object] = {}
+    done = threading.Semaphore(0)
+
+    def call(i: int) -> None:
+        t = tasks[order[i]]
+        try:
+            answers[i] = client.score(t.query, list(t.responses), k=args.k, max_new_tokens=args.max_new_tokens,
+                                      seed=order[i])
+        except Exception as e:  # reported below; the goal is none
+            answers[i] = f"{type(e).__name__}: {e}"
+        done.release()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        pool.map(call, range(args.requests))  # all submitted now
+        wait_for(done, args.requests // 2)
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        print(f"killed replica {victim} (ray.kill) after {args.requests // 2} answers, "
+              f"{time.perf_counter() - start:.1f} s in")
+        if args.kill_master:
+            wait_for(done, args.requests // 4)
+            port = redis.kill_master_of("any-key")
+            print(f"killed the Redis master on port {port} (SIGKILL) after {3 * args.requests // 4} answers")
+    elapsed = time.perf_counter() - start
+    report(args, order, answers, engine_runs(counters), elapsed, client.waits)
 
 
 def report(args: argparse.Namespace, order: list[int], answers: dict, runs: float, elapsed: float,

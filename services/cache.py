@@ -37,7 +37,7 @@ from enum import Enum
 from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 from grm.types import AggregationOptions, SamplingOptions, ScoreInput
-from services.redis_connect import is_cluster_url, mget, redis_client
+from services.redis_connect import mget, redis_client
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -242,7 +242,6 @@ class RedisCache:
         self.ttl_s, self.timeout_s = ttl_s, timeout_s
         self.url = url  # replicas sharing this Redis also share work leases (services/lease.py)
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
-        self.name = "redis-cluster" if is_cluster_url(url) else "redis"
         self._redis = redis_client(url, timeout_s=timeout_s)  # one server or a cluster, by URL
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._log = _RateLimitedLog(log_every_s)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -147,7 +148,8 @@ class RewardReplica:
         """Where this replica serves and what Ray calls it."""
         context = ray.get_runtime_context()
         return {"address": self.address, "metrics_port": self.server.server.metrics_port,
-                "replica": self.server.server.servicer.replica_id, "actor": context.get_actor_name()}
+                "replica": self.server.server.servicer.replica_id, "actor": context.get_actor_name(),
+                "pid": os.getpid()}
 
     def check_health(self) -> None:
         """Serve's health probe: raise when this replica can no longer serve."""

@@ -144,7 +144,11 @@ class RedisClusterServers:
         self._dir.cleanup()
 
     def __enter__(self) -> RedisClusterServers:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # no process left behind by a cluster that did not come up
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
