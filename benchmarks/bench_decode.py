@@ -162,7 +162,8 @@ def measure(variant: str, runners: dict, device: torch.device, new_tokens: int) 
     return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "ms_step": clock.ms_per_step()}
 
 
-def bench_case(model, engines, prompts, k: int, args, floor_ms: float) -> None:
+def bench_case(model, engines, prompts, k: int, args, floor_ms: float) -> dict[str, dict[str, float]]:
+    """Time every variant on one case; print the runs and the medians; return the medians."""
     every = 4  # the engine asks ``wanted`` every WANTED_EVERY steps
     runners = {
         "engine-eager": lambda m, c: run_engine(engines[False], prompts, k, m, c, every),
@@ -190,7 +191,11 @@ def bench_case(model, engines, prompts, k: int, args, floor_ms: float) -> None:
         ratios = "  ".join(f"x{tps[v] / tps[base]:.2f} vs {base}" for base in ("engine-eager", "hf-eager")
                            if base in tps and base != v)
         print(f"  {v:14s} {tps[v]:8.1f} tokens/s  {m['ms_step']:8.2f} ms/step  wall {m['wall']:7.2f} s  "
-              f"floor {floor_ms / m["ms_step"]:.3f}  {ratios}")
+              f"floor {floor_ms / m['ms_step']:.3f}  {ratios}")
+    static = engines[True]._static
+    if static is not None and static.device.type == "cuda":
+        print(f"  engine-static CUDA graphs: {'on' if static.graphs else 'off: ' + str(static.capture_error)}")
+    return med
 
 
 def main() -> int:
@@ -208,10 +213,17 @@ def main() -> int:
           f"{torch.get_num_threads()} threads; a step reads {step_bytes(model) / 1e6:.0f} MB of weights, "
           f"{bandwidth / 1e9:.1f} GB/s -> floor {floor_ms:.2f} ms/step")
     generator = torch.Generator().manual_seed(1)
+    medians = {}
     for inputs, k in args.cases:
-        prompts = [torch.randint(0, SHAPES[args.shape]["vocab_size"], (args.prompt_tokens,), generator=generator).tolist()
-                   for _ in range(inputs)]
-        bench_case(model, engines, [tuple(p) for p in prompts], k, args, floor_ms)
+        prompts = [tuple(torch.randint(0, SHAPES[args.shape]["vocab_size"], (args.prompt_tokens,),
+                                       generator=generator).tolist()) for _ in range(inputs)]
+        medians[f"{inputs}x{k}"] = bench_case(model, engines, prompts, k, args, floor_ms)
+    if len(medians) > 1:  # latency as the rows grow, relative to the first case
+        first = next(iter(medians))
+        print(f"\nlatency (median wall) per case, and relative to {first}:")
+        for v in args.variants:
+            print(f"  {v:14s} " + "  ".join(f"{case} {m[v]['wall']:7.2f} s (x{m[v]['wall'] / medians[first][v]['wall']:.2f})"
+                                            for case, m in medians.items()))
     return 0
 
 

@@ -45,7 +45,7 @@ from grm.seeds import mix_seed
 from grm.token_sampling import row_uniforms, sample
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # decoder layers of this shape: norm, attention, norm, MLP
-_GRAPHS_KEPT = 4  # captured CUDA graphs kept (least recently used dropped)
+_GRAPHS_KEPT = 4  # bucket shapes whose buffers (and CUDA graphs) are kept; least recently used dropped
 
 
 def supports(model: Any) -> str | None:
@@ -60,6 +60,12 @@ def supports(model: Any) -> str | None:
     if model.training:
         return "the model is in training mode"
     return None
+
+
+def dense_enough(requests: Sequence[GenerationRequest]) -> bool:
+    """Whether the ``R x S`` layout wastes at most half its slots (S = the largest n): calls
+    that mix n=1 with large n decode eagerly instead of computing the empty slots."""
+    return len(requests) * max(r.n for r in requests) <= 2 * sum(r.n for r in requests)
 
 
 def _bucket(n: int, floor: int) -> int:
@@ -91,6 +97,10 @@ class StaticDecoder:
         self.check_every = check_every
         self.device = torch.device(model.device)
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
+        # Round shapes up to buckets and keep their buffers between calls (graphs need both;
+        # on a CPU only tests turn it on, to run the padded layout the graphs replay).
+        self.buckets = self.graphs
+        self.capture_error: str | None = None  # why capturing failed, after which steps run eagerly
         inner = model.model
         self.layers, self.embed, self.norm, self.rotary = inner.layers, inner.embed_tokens, inner.norm, inner.rotary_emb
         attn = self.layers[0].self_attn
@@ -137,28 +147,32 @@ class StaticDecoder:
         return tracker.result()
 
     def _shape(self, prompts: int, width: int, prefix: int, budget: int, cuts: bool) -> tuple:
-        """(R, S, P, T, top-p used) of the buffers: exact on a CPU, rounded up to buckets for graphs."""
-        if not self.graphs:
+        """(R, S, P, T, top-p used) of the buffers: exact, or rounded up to buckets."""
+        if not self.buckets:
             return prompts, width, prefix, budget, cuts
         return _bucket(prompts, 1), _bucket(width, 1), -(-prefix // 256) * 256, _bucket(budget, 32), cuts
 
     def _buffers(self, shape: tuple) -> tuple[_Buffers, Any]:
-        if not self.graphs:
+        """The buffers for ``shape`` and its captured graph (None when the step runs eagerly)."""
+        if not self.buckets:
             return self._allocate(*shape), None
         if shape not in self._captured:
             while len(self._captured) >= _GRAPHS_KEPT:
                 self._captured.pop(next(iter(self._captured)))
             buffers = self._allocate(*shape)
-            self._captured[shape] = (buffers, self._capture(buffers))
+            self._captured[shape] = (buffers, self._capture(buffers) if self.graphs else None)
+            if self.capture_error is not None:
+                self._captured.clear()  # drop graphs captured before: every step runs eagerly now
+                self._captured[shape] = (buffers, None)
         self._captured[shape] = self._captured.pop(shape)  # most recently used last
         return self._captured[shape]
 
     def _allocate(self, prompts: int, width: int, prefix: int, budget: int, cuts: bool) -> _Buffers:
-        """Zeroed buffers; the prompts' keys get their own only under graphs (else the prefill's are used)."""
+        """Zeroed buffers; the prompts' keys get their own only when bucketed (else the prefill's are used)."""
         rows, dtype, device = prompts * width, self.embed.weight.dtype, self.device
         kv = lambda n, length: torch.zeros(n, self.kv_heads, length, self.head_dim, dtype=dtype, device=device)
         return _Buffers(
-            prefix=[(kv(prompts, prefix), kv(prompts, prefix)) for _ in self.layers] if self.graphs else [],
+            prefix=[(kv(prompts, prefix), kv(prompts, prefix)) for _ in self.layers] if self.buckets else [],
             prefix_bias=torch.zeros(prompts, 1, 1, prefix, dtype=dtype, device=device),
             own=[(kv(rows, budget), kv(rows, budget)) for _ in self.layers],
             tokens=torch.zeros(rows, dtype=torch.long, device=device),
@@ -176,7 +190,7 @@ class StaticDecoder:
         Slots past a prompt's width keep stale keys; their bias is -inf, so they weigh 0."""
         prompts, p = len(requests), prefix_mask.shape[1]
         stride = b.out.shape[0] // b.prefix_bias.shape[0]  # S of the buffers (>= the call's when bucketed)
-        if self.graphs:
+        if self.buckets:
             for (keys, values), (k, v) in zip(b.prefix, prefix):
                 keys[:prompts, :, :p], values[:prompts, :, :p] = k, v
         else:
@@ -218,8 +232,11 @@ class StaticDecoder:
             return module(x)
         return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
 
-    def _capture(self, b: _Buffers) -> torch.cuda.CUDAGraph:
-        """Record one step; two eager steps first on a side stream warm up the kernels."""
+    def _capture(self, b: _Buffers) -> torch.cuda.CUDAGraph | None:
+        """Record one step; two eager steps first on a side stream warm up the kernels.
+
+        A step that cannot be captured (an op that syncs with the host) turns graphs off for
+        good: the same step then runs eagerly, slower but the same tokens."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -227,8 +244,12 @@ class StaticDecoder:
                 self._step(b)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._step(b)
+        try:
+            with torch.cuda.graph(graph):
+                self._step(b)
+        except RuntimeError as error:
+            self.graphs, self.capture_error = False, str(error)
+            return None
         return graph
 
     @torch.inference_mode()

@@ -16,10 +16,10 @@ copies the filled KV cache rows to the k samples:
    finished (each removal copies the cache, so they are removed in bulk).
 
 Steps 2 and 3 are the eager loop. For the architectures ``grm.static_decode`` knows
-(Llama, Qwen2, Qwen3 in eval mode) the engine decodes with static shapes instead: the
-prompt's keys stay one copy per prompt, every buffer is preallocated, and on CUDA each
-step is a replayed CUDA graph. Both loops give the same tokens (``static_decode=False``
-forces the eager one).
+(Llama, Qwen2, Qwen3 in eval mode; calls whose n do not differ wildly) the engine decodes
+with static shapes instead: the prompt's keys stay one copy per prompt, every buffer is
+preallocated, and on CUDA each step is a replayed CUDA graph. Both loops give the same
+tokens (``static_decode=False`` forces the eager one).
 
 Sample i of a request draws its noise from a stream keyed by ``mix_seed(request.seed, i)``
 (``grm.token_sampling``), so its tokens do not depend on what else shares the batch, nor
@@ -57,7 +57,7 @@ from grm.lora import ADAPTER_CONFIG, adapter_base, is_adapter, load_merged
 from grm.pretrained import resolve_model
 from grm.prefix_cache import PrefixCache, PrefixCacheConfig, prefill_cached
 from grm.seeds import mix_seed
-from grm.static_decode import StaticDecoder, supports
+from grm.static_decode import StaticDecoder, dense_enough, supports
 from grm.token_sampling import row_uniforms, sample
 from grm.types import Completion
 
@@ -182,7 +182,7 @@ class TransformersEngine:
             return []
         budgets = [self._budget(j, r) for j, r in enumerate(requests)]
         cache, mask = self._prefill(requests)
-        if self.static_decode and supports(self.model) is None:
+        if self.static_decode and supports(self.model) is None and dense_enough(requests):
             self._static = self._static or StaticDecoder(self.model, check_every=WANTED_EVERY)
             prefix = [(layer.keys, layer.values) for layer in cache.layers] if mask.shape[1] else []
             rows = self._static.decode(requests, budgets, prefix, mask, self.eos_token_ids, self.stats)
