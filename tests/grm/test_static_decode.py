@@ -16,7 +16,7 @@ import torch
 
 from grm.engine import GenerationRequest
 from grm.seeds import mix_seed
-from grm.static_decode import supports
+from grm.static_decode import dense_enough, supports
 from grm.testing import build_tiny_model
 from grm.token_sampling import _mix32, row_uniforms, sample
 from grm.transformers_engine import WANTED_EVERY, TransformersEngine
@@ -140,6 +140,17 @@ def test_weights_changed_in_place_are_repacked(engine):
     finally:
         with torch.no_grad():
             weight.sub_(noise)
+
+
+def test_sparse_layout_decodes_eagerly(engine):
+    """One request with n=8 beside nine with n=1 would leave 63 of 80 slots empty: eager loop."""
+    prompt = tuple(engine.tokenizer(TEXTS[1]).input_ids)
+    requests = [GenerationRequest(prompt, n=8 if j == 0 else 1, temperature=0.8, max_new_tokens=6, seed=j)
+                for j in range(10)]
+    assert not dense_enough(requests) and dense_enough(requests[:2])  # 2 x 8 slots for 9 rows
+    static = twin(engine, True)
+    assert token_ids(static.generate(requests)) == token_ids(twin(engine, False).generate(requests))
+    assert static._static is None
 
 
 def test_training_mode_decodes_eagerly(engine):
