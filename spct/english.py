@@ -255,6 +255,7 @@ def run(opts: EnglishOptions, log=print) -> list[dict]:
     opts.out.mkdir(parents=True, exist_ok=True)
     template = load_template(opts.template)
     items = training_items(opts.data, opts.items_per_source, opts.seed)
+    write_validation(opts)  # the held-out pairs every evaluation of this run uses
     lines = []
     for stage in opts.stages:
         if stage == "draft":
