@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from service_helpers import CONFIG
 
-SCORED = dict(k=2, max_new_tokens=240, seed=0)  # whole judgments: real rewards
+SCORED = dict(k=4, max_new_tokens=240, seed=0)  # whole judgments: real rewards, enough samples to rank
 GRM_CONFIG = replace(CONFIG, limits=replace(CONFIG.limits, max_new_tokens=256),
                      defaults=replace(CONFIG.defaults, **SCORED), http_port=0)
 CUT = dict(k=2, max_new_tokens=2, seed=0)  # judgments cut short: unparseable, so unscored

@@ -58,7 +58,7 @@ def test_rewards_match_grpc_and_a_request_is_one_batch(grm_server, url, client):
     assert tuple(body["rewards"][2:]) == client.score(QUERY2, [GOOD2, BAD2], **SCORED).result.rewards
     assert body["scores"] == body["rewards"]
     logs = body["extra_logs"]
-    assert logs["grm_scored"] == [True] * 4 and logs["grm_num_valid"] == [2] * 4 and logs["grm_error"] == [None] * 4
+    assert logs["grm_scored"] == [True] * 4 and logs["grm_num_valid"] == [SCORED["k"]] * 4 and logs["grm_error"] == [None] * 4
 
 
 def test_openrlhf_own_client_reads_our_rewards(url, client):

@@ -40,6 +40,8 @@ def read_reply(sock: socket.socket, timeout_s: float) -> tuple[int, bytes]:
     data = b""
     while chunk := sock.recv(65536):
         data += chunk
+    if not data:  # a server at its connection cap may close a new connection without a word
+        raise ConnectionAbortedError("the server closed the connection without a reply")
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
 
