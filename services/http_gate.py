@@ -119,6 +119,7 @@ class GatedServer(web.Server):
         self.turned_away: dict[_Door, asyncio.TimerHandle | None] = {}  # to be answered 503
         self.by_peer: dict[str, int] = {}  # open connections per client address
         self._doors: dict[web.RequestHandler, _Door] = {}
+        self._handshakes: set[asyncio.Task] = set()  # TLS handshakes under way
         self.refused = self.expired = 0
 
     def door(self) -> _Door:
@@ -140,7 +141,11 @@ class GatedServer(web.Server):
             return
         room[door] = loop.call_later(wait, self._expire, door)
         if self.ssl_context is not None:
-            loop.create_task(self._handshake(door, wait))
+            # The loop keeps only a weak reference to a task: hold it, or a pending handshake
+            # can be collected mid-way ("Task was destroyed but it is pending!") and its slot leak.
+            task = loop.create_task(self._handshake(door, wait))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
         else:
             self._hand_over(door, door.transport)
 
@@ -211,6 +216,8 @@ class GatedServer(web.Server):
                 transport = door.transport or (door.handler.transport if door.handler else None)
                 if transport is not None and not transport.is_closing():
                     transport.abort()
+                if door.handler is None:  # still before aiohttp (in the TLS handshake): nobody else frees it
+                    self.release(door)
 
 
 def quiet_accept_errors(interval_s: float = ACCEPT_LOG_INTERVAL_S):
