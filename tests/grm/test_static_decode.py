@@ -17,23 +17,11 @@ import torch
 from grm.engine import GenerationRequest
 from grm.seeds import mix_seed
 from grm.static_decode import dense_enough, supports
-from grm.testing import build_tiny_model
 from grm.token_sampling import _mix32, row_uniforms, sample
 from grm.transformers_engine import WANTED_EVERY, TransformersEngine
+from test_engine import TEXTS, engine  # noqa: F401 (the tiny llama and qwen2 engines, shared)
 
 torch.set_num_threads(2)
-
-TEXTS = [
-    "Write a sentence in uppercase that ends with a question mark.",
-    "What is 12 + 30?",
-    "Analysis: Response 1 answers the question and uses 5 words, so it meets criterion 2. " * 3,
-]
-
-
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
-def engine(request, tmp_path_factory) -> TransformersEngine:
-    path = build_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
-    return TransformersEngine.load(str(path))
 
 
 def twin(engine: TransformersEngine, static: bool, eos: set[int] | None = None) -> TransformersEngine:
