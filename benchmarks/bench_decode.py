@@ -7,7 +7,9 @@ per input), four ways, interleaved run by run so a shared machine slows them ali
 
 - ``engine-eager``: ``TransformersEngine`` with ``static_decode=False`` (the Hugging Face
   forward once per token; the engine as it decoded before the static loop);
-- ``engine-static``: the same engine decoding through ``grm.static_decode``;
+- ``engine-static``: the same engine decoding through ``grm.static_decode`` (on CUDA: a
+  compiled step replayed as CUDA graphs);
+- ``engine-graphs``: the static loop with CUDA graphs but its step not compiled (CUDA only);
 - ``hf-eager``: ``model.generate(num_return_sequences=k)`` with its dynamic cache;
 - ``hf-static``: the same with ``cache_implementation="static"`` (on CUDA ``generate``
   compiles its forward for that cache by itself; on a CPU it runs eagerly).
@@ -40,6 +42,7 @@ import torch
 
 sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
 from grm.engine import GenerationRequest  # noqa: E402
+from grm.static_decode import StaticDecoder  # noqa: E402
 from grm.testing import build_tokenizer  # noqa: E402
 from grm.transformers_engine import TransformersEngine  # noqa: E402
 
@@ -51,7 +54,7 @@ SHAPES = {  # LlamaConfig fields of named models
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128, vocab_size=512, tie_word_embeddings=True),
 }
-VARIANTS = ("engine-eager", "engine-static", "hf-eager", "hf-static")
+VARIANTS = ("engine-eager", "engine-static", "engine-graphs", "hf-eager", "hf-static")
 TEMPERATURE = 0.7
 
 
@@ -129,11 +132,12 @@ class StepClock:
 
 
 def run_engine(engine: TransformersEngine, prompts, k: int, new_tokens: int, clock: StepClock, every: int):
-    def wanted() -> bool:  # asked every ``every`` steps by both loops
+    def wanted() -> bool:  # asked of every request every ``every`` steps by both loops; the first one ticks
         clock.tick(every)
         return True
 
-    requests = [GenerationRequest(p, n=k, temperature=TEMPERATURE, max_new_tokens=new_tokens, seed=j, wanted=wanted)
+    requests = [GenerationRequest(p, n=k, temperature=TEMPERATURE, max_new_tokens=new_tokens, seed=j,
+                                  wanted=wanted if j == 0 else (lambda: True))
                 for j, p in enumerate(prompts)]
     engine.generate(requests)
 
@@ -168,6 +172,7 @@ def bench_case(model, engines, prompts, k: int, args, floor_ms: float) -> dict[s
     runners = {
         "engine-eager": lambda m, c: run_engine(engines[False], prompts, k, m, c, every),
         "engine-static": lambda m, c: run_engine(engines[True], prompts, k, m, c, every),
+        "engine-graphs": lambda m, c: run_engine(engines["graphs"], prompts, k, m, c, every),
         "hf-eager": lambda m, c: run_hf(model, prompts, k, m, c, static=False),
         "hf-static": lambda m, c: run_hf(model, prompts, k, m, c, static=True),
     }
@@ -175,7 +180,8 @@ def bench_case(model, engines, prompts, k: int, args, floor_ms: float) -> dict[s
     print(f"\n== {len(prompts)} inputs x k={k} = {rows} rows, {args.prompt_tokens}-token prompts, "
           f"{args.new_tokens} new tokens, EOS off ==", flush=True)
     for v in args.variants:  # warm-up: kernels, graphs, compiled code, packed weights
-        measure(v, runners, model.device, min(args.new_tokens, 16))
+        # the static loop captures one graph per budget bucket: warm it at the timed budget
+        measure(v, runners, model.device, args.new_tokens if v.startswith("engine-") else min(args.new_tokens, 16))
     results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
     for run in range(args.runs):
         for v in args.variants:
@@ -192,9 +198,11 @@ def bench_case(model, engines, prompts, k: int, args, floor_ms: float) -> dict[s
                            if base in tps and base != v)
         print(f"  {v:14s} {tps[v]:8.1f} tokens/s  {m['ms_step']:8.2f} ms/step  wall {m['wall']:7.2f} s  "
               f"floor {floor_ms / m['ms_step']:.3f}  {ratios}")
-    static = engines[True]._static
-    if static is not None and static.device.type == "cuda":
-        print(f"  engine-static CUDA graphs: {'on' if static.graphs else 'off: ' + str(static.capture_error)}")
+    for name, engine in (("engine-static", engines[True]), ("engine-graphs", engines["graphs"])):
+        static = engine._static
+        if static is not None and static.device.type == "cuda" and name in args.variants:
+            print(f"  {name} CUDA graphs: {'on' if static.graphs else 'off: ' + str(static.capture_error)}; "
+                  f"compiled step: {'on' if static.compile_step else 'off' + (': ' + static.compile_error if static.compile_error else '')}")
     return med
 
 
@@ -207,6 +215,8 @@ def main() -> int:
     tokenizer = build_tokenizer()  # any tokenizer will do: ids past its vocabulary decode to nothing
     engines = {static: TransformersEngine(model, tokenizer, model_id=args.shape, eos_token_ids=set(),
                                           static_decode=static) for static in (False, True)}
+    engines["graphs"] = TransformersEngine(model, tokenizer, model_id=args.shape, eos_token_ids=set())
+    engines["graphs"]._static = StaticDecoder(model, check_every=4, compile_step=False)
     bandwidth = args.bandwidth_gbs * 1e9 if args.bandwidth_gbs else read_bandwidth(device)
     floor_ms = 1000 * step_bytes(model) / bandwidth
     print(f"{args.shape} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, {dtype}) on {device}, "

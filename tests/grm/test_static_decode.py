@@ -16,10 +16,10 @@ import torch
 
 from grm.engine import GenerationRequest
 from grm.seeds import mix_seed
-from grm.static_decode import dense_enough, supports
+from grm.static_decode import StaticDecoder, dense_enough, supports
 from grm.token_sampling import _mix32, row_uniforms, sample
 from grm.transformers_engine import WANTED_EVERY, TransformersEngine
-from test_engine import TEXTS, engine  # noqa: F401 (the tiny llama and qwen2 engines, shared)
+from test_engine import TEXTS, engine, llama  # noqa: F401 (the tiny llama and qwen2 engines, shared)
 
 torch.set_num_threads(2)
 
@@ -93,6 +93,32 @@ def test_bucketed_layout_gives_the_same_tokens(engine):
         for batch in (requests, requests[1:3], requests):  # the second shape, then the first again
             assert token_ids(bucketed.generate(batch)) == token_ids(exact.generate(batch))
     assert len(bucketed._static._captured) == 2  # one set of buffers per bucket shape, reused
+
+
+def test_compiled_step_gives_the_same_tokens(llama):
+    """The step compiled by torch.compile (the CUDA default; forced here on the CPU) samples
+    exactly what the eager loop samples."""
+    requests = mixed_requests(llama, temperature=0.9)
+    expected = twin(llama, False).generate(requests)
+    compiled = twin(llama, True)
+    compiled._static = StaticDecoder(compiled.model, check_every=WANTED_EVERY, compile_step=True)
+    assert token_ids(compiled.generate(requests)) == token_ids(expected)
+    assert compiled._static.compile_step and compiled._static.compile_error is None
+    assert compiled._static._compiled is not None
+
+
+def test_a_step_that_fails_to_compile_runs_eagerly(llama):
+    requests = mixed_requests(llama, temperature=0.9)
+    expected = twin(llama, False).generate(requests)
+    broken = twin(llama, True)
+    broken._static = StaticDecoder(broken.model, check_every=WANTED_EVERY, compile_step=True)
+
+    def fails(_buffers):
+        raise RuntimeError("no kernel for this op")
+    broken._static._compiled = fails
+    assert token_ids(broken.generate(requests)) == token_ids(expected)
+    assert not broken._static.compile_step and "RuntimeError: no kernel" in broken._static.compile_error
+    assert broken._static.pack == broken._static.can_pack  # packed weights again from now on
 
 
 def test_cancelled_request_stops_within_a_check(engine):
