@@ -34,11 +34,9 @@ import time
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
-sys.path.append(str(Path(__file__).absolute().parents[1] / "tests" / "services"))
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from redis_fixtures import RedisServer
 
 from grm.default_model import default_model_path
 from grm.judge import GenerativeRewardModel
@@ -46,8 +44,9 @@ from grm.types import SamplingOptions
 from grm_cli.common import set_threads
 from services.cache import RedisCache
 from services.client import RetryPolicy, RewardClient
+from services.convert import SERVICE_NAME
 from services.server import BackgroundServer, ServerConfig
-from services.servicer import SERVICE_NAME
+from services.testing.redis_servers import RedisServer
 from services.validation import Limits
 
 HIT_P50_TARGET_MS = 2.0

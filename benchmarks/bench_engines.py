@@ -33,17 +33,16 @@ from pathlib import Path
 import aiohttp
 
 sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
-sys.path.append(str(Path(__file__).absolute().parents[1] / "tests" / "services"))
 from grm.default_model import PACKAGED  # noqa: E402
 from grm.engine import GenerationRequest  # noqa: E402
 from grm.judge import GenerativeRewardModel  # noqa: E402
 from grm.seeds import mix_seed  # noqa: E402
 from grm.tasks.generate import generate_tasks  # noqa: E402
 from grm.types import SamplingOptions, ScoreInput  # noqa: E402
-from llama_fixtures import LlamaServer, gguf_of, llama_cpp_dir  # noqa: E402
-from service_helpers import ServeProcess  # noqa: E402
 from services.client import AsyncRewardClient  # noqa: E402
 from services.remote_engine import RemoteConfig, RemoteEngine  # noqa: E402
+from services.testing.llama_server import LlamaServer, gguf_of, llama_cpp_dir  # noqa: E402
+from services.testing.serve_process import ServeProcess  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -38,13 +38,12 @@ from pathlib import Path
 import torch
 
 sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
-sys.path.append(str(Path(__file__).absolute().parents[1] / "tests" / "services"))
 from grm.default_model import PACKAGED  # noqa: E402
 from grm.judge import GenerativeRewardModel  # noqa: E402
 from grm.testing import build_tiny_model  # noqa: E402
 from grm.types import ScoreInput  # noqa: E402
-from service_helpers import ServeProcess  # noqa: E402
 from services.client import AsyncRewardClient, RewardClient  # noqa: E402
+from services.testing.serve_process import ServeProcess  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

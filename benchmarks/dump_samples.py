@@ -4,7 +4,7 @@
 the report leaves out: per item the labelled best response and, per sample in index
 order, its scores (original response order, null when invalid) and its generated token
 count. ``benchmarks/bench_adaptive_k.py --samples FILE`` then replays stopping rules on
-them. Items are seeded exactly as ``grm eval`` seeds them (``grm.eval_run.item_seed``).
+them. Items are seeded exactly as ``grm eval`` seeds them (``grm.eval.run.item_seed``).
 
 Run::
 
@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
 from grm.default_model import default_model_path
-from grm.eval_run import item_seed, load_data, local_scorer
+from grm.eval.records import load_data
+from grm.eval.run import item_seed, local_scorer
 from grm.judge import GenerativeRewardModel
 from grm.types import AggregationOptions, SamplingOptions, ScoreResult
 

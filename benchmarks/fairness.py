@@ -22,11 +22,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
-sys.path.append(str(Path(__file__).absolute().parents[1] / "tests" / "services"))
-
-from flood import Flooder, polite_calls, summary, write_tokens
 
 from grm.default_model import default_model_path
+from services.testing.flood import Flooder, polite_calls, summary, write_tokens
 
 
 def parse_args() -> argparse.Namespace:

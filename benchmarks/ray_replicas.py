@@ -41,16 +41,14 @@ from ray import serve
 
 sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
 sys.path.append(str(Path(__file__).absolute().parent))
-sys.path.append(str(Path(__file__).absolute().parents[1] / "tests" / "services"))
 from grm.default_model import PACKAGED  # noqa: E402
 from grm.judge import GenerativeRewardModel  # noqa: E402
 from grm.tasks.generate import generate_tasks  # noqa: E402
-from redis_cluster_fixtures import RedisClusterServers  # noqa: E402
-from redis_fixtures import RedisServer  # noqa: E402
 from replicas import add_load_args, plan  # noqa: E402
 from services.ray_serve import ReplicaSettings, ServeSettings, live_replicas, reward_app  # noqa: E402
 from services.serve_client import ServeRewardClient  # noqa: E402
 from services.server import ServerConfig  # noqa: E402
+from services.testing.redis_servers import RedisClusterServers, RedisServer  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -33,14 +33,13 @@ from pathlib import Path
 import grpc
 
 sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
-sys.path.append(str(Path(__file__).absolute().parents[1] / "tests" / "services"))
 from grm.default_model import PACKAGED  # noqa: E402
 from grm.tasks.generate import generate_tasks  # noqa: E402
-from redis_fixtures import RedisServer  # noqa: E402
-from service_helpers import ServeProcess  # noqa: E402
 from services.client import DEFAULT_MAX_MESSAGE_BYTES, open_channel, score_request  # noqa: E402
 from services.proto.grm.v1 import reward_pb2_grpc as pb_grpc  # noqa: E402
 from services.servicer import REPLICA_HEADER  # noqa: E402
+from services.testing.redis_servers import RedisServer  # noqa: E402
+from services.testing.serve_process import ServeProcess  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

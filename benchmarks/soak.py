@@ -16,7 +16,7 @@ the middle, then SIGTERM while the load goes on.
 Two hostile additions, each an option:
 
 - ``--stalled-engine``: the server samples on a real ``llama-server`` through two URLs, each
-  a proxy in front of it (tests/services/engine_proxy.py); the first proxy stalls one
+  a proxy in front of it (services/testing/engine_proxy.py); the first proxy stalls one
   completion call in ``--stall-every`` halfway through its reply, so that URL keeps being
   ejected for a stall and re-admitted while the load goes on;
 - ``--tcp-flood N``: the server runs with TLS and its HTTP port, under a file limit of
@@ -52,15 +52,14 @@ import time
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).absolute().parents[1]))  # run from a checkout without installing
-sys.path.append(str(Path(__file__).absolute().parents[1] / "tests" / "services"))
 
 import grpc
-from redis_fixtures import RedisServer
 from soak_hazards import ConnectionFlood, Setup, fd_count, stalled_engine, tls_files
 
 from grm.default_model import default_model_path
 from services.client import DEFAULT_MAX_MESSAGE_BYTES, AsyncRewardClient, RetryPolicy, open_channel
 from services.proto.grm.v1 import reward_pb2 as pb
+from services.testing.redis_servers import RedisServer
 
 TOPICS = ["sea", "city", "moon", "river", "garden", "winter", "train", "forest"]
 OPTIONS = dict(k=4, max_new_tokens=256, temperature=0.5)

@@ -55,10 +55,9 @@ def fd_count(pid: int) -> int:
 def stalled_engine(setup: Setup, stack: contextlib.ExitStack, every: int):
     """A real llama-server on the bundled GRM behind two proxies; the first stalls one call in
     ``every`` halfway. Returns that proxy (its counts go in the report)."""
-    from engine_proxy import EngineProxy
-    from llama_fixtures import LlamaServer, gguf_of, llama_cpp_dir
-
     from grm.default_model import PACKAGED
+    from services.testing.engine_proxy import EngineProxy
+    from services.testing.llama_server import LlamaServer, gguf_of, llama_cpp_dir
 
     llama = LlamaServer(gguf_of(PACKAGED, llama_cpp_dir() / "src" / "convert_hf_to_gguf.py"), parallel=4).start()
     stack.callback(llama.stop)

@@ -3,8 +3,8 @@
 Voting (DeepSeek-GRM, Liu et al. 2025, arXiv 2504.02495; docs/design.md, "Judging and voting"):
 ``S*_i = sum over valid samples j of S_ij``; summing k integer scores in 1..10 widens
 the reward space k-fold, so ties become rare. Meta-RM guided voting sums only the
-``k_meta`` valid samples the meta RM rates highest (default ``max(1, k // 2)``, with k
-counting invalid samples too). Invalid samples are counted by reason and never vote;
+``k_meta`` valid samples the meta RM rates highest (default ``grm.defaults.default_k_meta(k)``,
+half of k, with k counting invalid samples too). Invalid samples are counted by reason and never vote;
 they are never turned into a 0 score. The reward for RL is the mean over the samples
 used (1..10 scale); with no usable sample a response is "unscored" (reward None).
 
@@ -18,11 +18,12 @@ Example (k=3, n=2, one sample invalid)::
 from __future__ import annotations
 
 import math
-import random
 import statistics
 from collections import Counter
 from typing import Sequence
 
+from grm.defaults import default_k_meta
+from grm.seeds import rng
 from grm.types import Aggregation, Judgment, ScoreResult
 
 
@@ -55,7 +56,7 @@ def aggregate(judgments: Sequence[Judgment], n: int, aggregation: Aggregation = 
 
 def _meta_top(valid: list[Judgment], k: int, k_meta: int | None) -> list[Judgment]:
     """The ``k_meta`` valid judgments with the highest meta_score, ties to the earlier sample."""
-    k_meta = max(1, k // 2) if k_meta is None else k_meta
+    k_meta = default_k_meta(k) if k_meta is None else k_meta
     if k_meta < 1:
         raise ValueError(f"k_meta must be >= 1, got {k_meta}")
     for j in valid:
@@ -71,9 +72,10 @@ def best_index(vote_sums: Sequence[float], seed: int) -> int:
     """Index of the largest vote sum; ties broken uniformly at random, fixed by ``seed``.
 
     A fixed tie-break (always the lowest index) would hand position 0 a systematic edge.
+    The draw is from ``grm.seeds.rng("grm-best", seed)``.
     """
     if not vote_sums:
         raise ValueError("vote_sums must not be empty")
     top = max(vote_sums)
     tied = [i for i, s in enumerate(vote_sums) if s == top]
-    return tied[0] if len(tied) == 1 else random.Random(f"grm-best:{seed}").choice(tied)
+    return tied[0] if len(tied) == 1 else rng("grm-best", seed).choice(tied)

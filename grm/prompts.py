@@ -24,12 +24,12 @@ Example::
 
 from __future__ import annotations
 
-import random
 import re
 import threading
 from functools import lru_cache
 from typing import Sequence
 
+from grm.seeds import rng
 from grm.templates import JudgeTemplate, fill
 from grm.types import ScoreInput
 
@@ -44,8 +44,8 @@ _SENTINEL = "GRMCONTENTSENTINEL7f3a9c1e"
 def sample_permutations(n: int, k: int, seed: int, shuffle: bool = True) -> list[tuple[int, ...]]:
     """k orders of ``range(n)``; ``perm[j]`` is the original index shown at position j.
 
-    Sample j shuffles with its own generator seeded by ``(seed, j)``, so the first
-    samples' orders do not depend on k (k=4 gives a prefix of k=8).
+    Sample j shuffles with its own stream, ``grm.seeds.rng("grm-permutation", seed, j)``,
+    so the first samples' orders do not depend on k (k=4 gives a prefix of k=8).
     """
     if n < 1 or k < 1:
         raise ValueError(f"n and k must be >= 1, got n={n}, k={k}")
@@ -53,9 +53,7 @@ def sample_permutations(n: int, k: int, seed: int, shuffle: bool = True) -> list
     for j in range(k):
         order = list(range(n))
         if shuffle:
-            # A str seed is hashed with SHA-512 by random.seed: stable across runs and
-            # Python processes (unlike hash()).
-            random.Random(f"grm-permutation:{seed}:{j}").shuffle(order)
+            rng("grm-permutation", seed, j).shuffle(order)
         perms.append(tuple(order))
     return perms
 

@@ -14,11 +14,10 @@ Example::
 
 from __future__ import annotations
 
-import random
 import re
 from pathlib import Path
 
-from grm.seeds import mix_seed
+from grm.seeds import rng
 from grm.types import Completion
 
 CHAT_TEMPLATE = (
@@ -143,8 +142,9 @@ def shown_numbers(prompt: str) -> list[int]:
 class NoisyRuleEngine:
     """A ``GenerationEngine`` standing in for a trained GRM where the tests need valid,
     varied judgments fast: sample i of a request scores each shown response by the first
-    integer in its text plus noise in ``[-noise, noise]`` drawn from ``mix_seed(seed, i)``
-    (the protocol's seeding contract). It records every call's requests in ``calls``."""
+    integer in its text plus noise in ``[-noise, noise]`` drawn from the stream
+    ``grm.seeds.rng(seed, i)`` (the protocol's seeding contract: sample i of a request draws
+    from the stream named by the request's seed and i). It records every call's requests in ``calls``."""
 
     model_id, revision, max_context = "noisy-rule-engine", "n0", 4096
 
@@ -161,8 +161,8 @@ class NoisyRuleEngine:
             shown = shown_numbers(prompt)
             samples = []
             for i in range(req.n):
-                rng = random.Random(mix_seed(req.seed, i))
-                scores = [min(10, max(1, v + rng.randint(-self.noise, self.noise))) for v in shown]
+                noise = rng(req.seed, i)
+                scores = [min(10, max(1, v + noise.randint(-self.noise, self.noise))) for v in shown]
                 text = ("Specific Criteria: 1. Bigger is better (weight 100%).\n\nAnalysis: by value.\n"
                         "Scores: \\boxed{" + ", ".join(map(str, scores)) + "}")
                 samples.append(Completion(tuple(self.tokenizer(text, add_special_tokens=False).input_ids), text, True))

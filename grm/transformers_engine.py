@@ -22,22 +22,17 @@ preallocated, and on CUDA each step is a replayed CUDA graph. Both loops give th
 tokens (``static_decode=False`` forces the eager one).
 
 Sample i of a request draws its noise from a stream keyed by ``mix_seed(request.seed, i)``
-(``grm.token_sampling``), so its tokens do not depend on what else shares the batch, nor
-on which loop ran it.
+(``grm.token_sampling``): its tokens depend neither on its batch mates nor on the loop.
 
 With a prefix cache (``grm.prefix_cache``; on for ``load``, off for an engine built on a
-model that is being trained), step 1 reuses the keys and values of prompt prefixes seen
-before (the template's fixed head, a conversation shared by the k permutations) and runs
-only the rest of each prompt, at positions offset by the reused length. Prompts of one
-call that share an uncached prefix get it prefilled once first. The final cache is laid
-out exactly as a full prefill would lay it out, so decoding does not change. Any
-in-place change to the weights (an optimizer step) empties the store.
+model being trained), step 1 runs only what is new in each prompt after prefixes seen
+before (docs/design.md, "Engines and batching"); decoding does not change.
 
 Example::
 
     engine = TransformersEngine.load("path/to/checkpoint")
     ids = tuple(engine.tokenizer("Judge this:").input_ids)
-    [samples] = engine.generate([GenerationRequest(ids, n=8, temperature=0.5, seed=1)])
+    [samples] = engine.generate([GenerationRequest(ids, n=8, seed=1)])
     samples[0].text, samples[0].finished, engine.stats["prefill_tokens"]
 """
 

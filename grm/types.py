@@ -4,21 +4,36 @@ Pure data, no torch and no I/O, so every layer (parsing, aggregation, the judge,
 service, the trainer) speaks the same names as the paper: ``k``, ``k_meta``,
 ``principles``, ``critique``, ``scores``, ``vote_sums``, ``rewards``.
 
+The sampling rules live here and only here: ``SamplingOptions`` checks its fields on
+construction, against a server's ``Limits`` when it is given them, and
+``AggregationOptions.check`` the rules that join the options with each other and with the
+judge. A broken rule raises ``ValidationError``, whose message names the field, the limit
+and the value; the service answers it as INVALID_ARGUMENT without checking again.
+
 Example::
 
-    opts = SamplingOptions(k=8, temperature=0.5)
+    opts = SamplingOptions(k=4, seed=1)
     item = ScoreInput(conversation=[Message("user", "Name a prime.")],
                       responses=["7", "9"])
+    SamplingOptions(k=64, limits=Limits(max_k=32))  # ValidationError: sampling.k must be in 1..32, got 64
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import InitVar, dataclass, field
 from enum import Enum
+
+import grm.defaults as defaults
+
 MIN_SCORE = 1
 MAX_SCORE = 10
 MAX_K = 256
+MAX_TEMPERATURE = 10.0  # nobody needs more; bounds the logits / T arithmetic
+MAX_SEED = 2**63 - 1
+MAX_ADAPTIVE_Z = 100.0  # past this the confident rule never stops before "decided" does
 ADAPTIVE_MODES = ("off", "decided", "confident")  # grm.adaptive.Adaptive
 
 
@@ -55,6 +70,9 @@ class Message:
             raise ValueError(f"Message.role must be system, user or assistant, got {self.role!r}")
 
 
+Conversation = str | Sequence[Message | dict]  # a bare user turn, or chat messages (Message or {"role", "content"})
+
+
 @dataclass(frozen=True)
 class ScoreInput:
     """One thing to judge: a conversation whose last user turn is the query, plus N responses."""
@@ -64,7 +82,8 @@ class ScoreInput:
     principles: str | None = None  # user-given criteria: the model then only critiques and scores
     reference: str | None = None  # optional reference answer shown to the judge
 
-    def __init__(self, conversation, responses, principles=None, reference=None):
+    def __init__(self, conversation: Conversation, responses: Sequence[str], principles: str | None = None,
+                 reference: str | None = None):
         if isinstance(conversation, str):
             conversation = (Message("user", conversation),)
         conv = tuple(m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in conversation)
@@ -86,46 +105,107 @@ class ScoreInput:
         return self.conversation[-1].content
 
 
+class ValidationError(ValueError):
+    """An option or request field broke a rule; ``str(error)`` names the field and the limit."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request to a server may ask for. Every field must be >= 1."""
+
+    max_responses: int = 16  # responses per input
+    max_k: int = 32  # judgments per input
+    max_new_tokens: int = 2048  # tokens per judgment
+    max_batch_items: int = 512  # inputs per ScoreBatch call
+    max_text_chars: int = 200_000  # characters per message, response, principles or reference
+    max_messages: int = 64  # messages per conversation
+    max_message_bytes: int = 64 * 2**20  # gRPC receive limit for one request
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Limits.{f.name} must be an integer >= 1, got {value!r}")
+        if self.max_k > MAX_K:
+            raise ValueError(f"Limits.max_k must be at most {MAX_K}, got {self.max_k}")
+
+    def check_defaults(self, sampling: "SamplingOptions") -> None:
+        """Raise when a server's default sampling options (what fills a request's unset
+        fields) break these limits: every request would then be refused for them."""
+        try:
+            dataclasses.replace(sampling, limits=self)
+        except ValidationError as e:
+            raise ValueError(f"default {e}") from None
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How the k judgments are sampled. temperature 0 means greedy (then k is usually 1)."""
+    """How the k judgments are sampled. temperature 0 means greedy (then k is usually 1).
 
-    k: int = 8  # judgments sampled per input
-    temperature: float = 0.5  # paper: 0.5 for inference-time scaling
-    top_p: float = 1.0  # nucleus sampling mass, (0, 1]
-    max_new_tokens: int = 512  # per judgment
+    Every field is checked on construction. ``limits`` (a server's ``Limits``; not stored)
+    narrows ``k`` and ``max_new_tokens`` to what that server allows.
+    """
+
+    k: int = defaults.K  # judgments sampled per input
+    temperature: float = defaults.TEMPERATURE  # 0 = greedy
+    top_p: float = defaults.TOP_P  # nucleus sampling mass, (0, 1]
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS  # per judgment
     seed: int = 0  # same seed, same permutations and same samples
     shuffle: bool = True  # per-sample shuffle of the response order (against position bias)
     adaptive: str = "off"  # off | decided | confident: stop early (grm.adaptive); off draws all k
     adaptive_z: float = 2.0  # the confident rule's z (grm.adaptive.confident)
     shared_principles: bool = False  # inputs sharing a conversation continue from shared principles
+    limits: InitVar[Limits | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, limits: Limits | None) -> None:
+        max_k = MAX_K if limits is None else limits.max_k
+        if not 1 <= self.k <= max_k:
+            raise ValidationError("sampling.k", f"must be in 1..{max_k}, got {self.k}")
+        if not (math.isfinite(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):
+            raise ValidationError("sampling.temperature",
+                                  f"must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
+        if not 0 < self.top_p <= 1:  # NaN fails this too
+            raise ValidationError("sampling.top_p", f"must be in (0, 1], got {self.top_p}")
+        if limits is None and self.max_new_tokens < 1:
+            raise ValidationError("sampling.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        if limits is not None and not 1 <= self.max_new_tokens <= limits.max_new_tokens:
+            raise ValidationError("sampling.max_new_tokens",
+                                  f"must be in 1..{limits.max_new_tokens}, got {self.max_new_tokens}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValidationError("sampling.seed", f"must be in 0..{MAX_SEED}, got {self.seed}")
         if self.adaptive not in ADAPTIVE_MODES:
-            raise ValueError(f"adaptive must be one of {', '.join(ADAPTIVE_MODES)}, got {self.adaptive!r}")
-        if not (math.isfinite(self.adaptive_z) and self.adaptive_z > 0):
-            raise ValueError(f"adaptive_z must be a finite number > 0, got {self.adaptive_z}")
-        if not 1 <= self.k <= MAX_K:
-            raise ValueError(f"k must be in 1..{MAX_K}, got {self.k}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if not (0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in 0..2^63-1, got {self.seed}")
+            raise ValidationError("sampling.adaptive",
+                                  f"must be one of {', '.join(ADAPTIVE_MODES)}, got {self.adaptive!r}")
+        if not (math.isfinite(self.adaptive_z) and 0 < self.adaptive_z <= MAX_ADAPTIVE_Z):
+            raise ValidationError("sampling.adaptive_z", f"must be in (0, {MAX_ADAPTIVE_Z:g}], got {self.adaptive_z}")
 
 
 @dataclass(frozen=True)
 class AggregationOptions:
     aggregation: Aggregation = Aggregation.VOTING
-    k_meta: int | None = None  # samples kept by meta voting; None -> max(1, k // 2)
+    k_meta: int | None = None  # samples kept by meta voting; None -> grm.defaults.default_k_meta(k)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aggregation", Aggregation(self.aggregation))
         if self.k_meta is not None and self.k_meta < 1:
-            raise ValueError(f"k_meta must be >= 1, got {self.k_meta}")
+            raise ValidationError("aggregation.k_meta", f"must be >= 1, got {self.k_meta}")
+
+    def check(self, sampling: SamplingOptions, meta_rm: bool) -> None:
+        """The rules that join these options with ``sampling`` and with the judge (``meta_rm``:
+        whether it has a meta RM). Adaptive k stops on vote sums, while meta voting keeps
+        the k_meta best-rated of all k samples, so the two do not mix."""
+        if self.aggregation is Aggregation.META_VOTING and not meta_rm:
+            raise ValidationError("aggregation.method", "META_VOTING needs a meta RM and this judge has none "
+                                  "(a server names its meta RM in GetInfo.meta_rm_id; load one with meta_rm=...)")
+        if self.k_meta is not None and not 1 <= self.k_meta <= sampling.k:
+            raise ValidationError("aggregation.k_meta", f"must be in 1..k ({sampling.k}), got {self.k_meta}")
+        if sampling.adaptive != "off" and self.aggregation is Aggregation.META_VOTING:
+            raise ValidationError("sampling.adaptive", f"works with voting only, got {sampling.adaptive!r} "
+                                  "with aggregation META_VOTING")
 
 
 @dataclass(frozen=True)

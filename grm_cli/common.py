@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import grm.defaults as defaults
 from grm.default_model import default_meta_rm_path, default_model_path
 from grm.judge import GenerativeRewardModel
 from grm.types import ScoreInput, ScoreResult
@@ -49,6 +50,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint path, hub id, .gguf file, LoRA adapter folder or base name "
                    "(smollm2-135m-instruct); default: the bundled GRM")
     p.add_argument("--meta-rm", help="meta RM checkpoint (needed for --aggregation meta_voting)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, prefix: str = "", note: str = "", k: int = defaults.K) -> None:
+    """The judge's k, temperature and max_new_tokens flags (``-k``, ``--temperature``,
+    ``--max-new-tokens``; ``--PREFIXk`` ... with a prefix), defaulting to ``grm.defaults``."""
+    p.add_argument(f"--{prefix}k" if prefix else "-k", type=int, default=k,
+                   help=f"judgments sampled per input{note} (default {k})")
+    p.add_argument(f"--{prefix}temperature", type=float, default=defaults.TEMPERATURE,
+                   help=f"sampling temperature{note}; 0 is greedy (default {defaults.TEMPERATURE:g})")
+    p.add_argument(f"--{prefix}max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS,
+                   help=f"tokens per judgment{note} (default {defaults.MAX_NEW_TOKENS})")
 
 
 def add_server_safety_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:

@@ -10,10 +10,10 @@ baseline and, for data whose lines carry a ``source``, every figure per source (
 the first ``--source-depth`` ":"-separated parts). ``--baseline-model`` scores the same items
 with the same settings and the judge's template through another checkpoint (a base model,
 zero-shot) and reports it as its own rows; ``--hack-check`` scores content-free attacks next
-to each best response (``grm.attacks``; five pairs per item, ``--hack-k`` judgments each) and
+to each best response (``grm.eval.attacks``; five pairs per item, ``--hack-k`` judgments each) and
 reports how often any of them scores as high as the best response or higher.
 
-The evaluation itself is ``grm.eval_run``; this module reads the flags, picks the scorer
+The evaluation itself is ``grm.eval.run``; this module reads the flags, picks the scorer
 (in-process with ``--model``, default the bundled GRM, or a running service with
 ``--target``) and writes the report, the judgments and the plot.
 """
@@ -27,12 +27,13 @@ from pathlib import Path
 
 import grpc
 
+import grm.defaults as defaults
 from grm.default_model import default_meta_rm_path, default_model_path
-from grm.eval_run import (PLOT_LABELS, EvalSettings, describe_judge, evaluate, format_table, load_data,
-                          local_scorer, plot_accuracy, write_judgments)
-from grm.evaluate import SkipReason
+from grm.eval.records import SkipReason, load_data
+from grm.eval.report import PLOT_LABELS, format_table, plot_accuracy, write_judgments
+from grm.eval.run import EvalSettings, describe_judge, evaluate, local_scorer
+from grm.eval.splits import SPLITS
 from grm.judge import GenerativeRewardModel
-from grm.splits import SPLITS
 from grm_cli.common import printable, say
 from grm_cli.connect import add_client_args, client_options
 from services.client import RewardClient
@@ -78,8 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=None,
                    help="judgments sampled per item, S >= every k (default max(16, largest k))")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds (default 1000)")
-    p.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (default 0.5)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=defaults.TEMPERATURE,
+                   help=f"sampling temperature (default {defaults.TEMPERATURE})")
+    p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS,
+                   help=f"tokens per judgment (default {defaults.MAX_NEW_TOKENS})")
     p.add_argument("--limit", type=int, default=None, help="use the first N usable items")
     p.add_argument("--split", choices=SPLITS, help="only the records whose prompt is in this split (by a hash "
                    "of the prompt, so records sharing a prompt stay together)")
@@ -106,7 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def remote_scorer(client: RewardClient, workers: int):
-    """Like ``grm.eval_run.local_scorer`` through a running service, ``workers`` calls at a time.
+    """Like ``grm.eval.run.local_scorer`` through a running service, ``workers`` calls at a time.
     One Score call per job: each item needs its own seed, and ScoreBatch shares one."""
     def one(job):
         item, sampling, aggregation = job

@@ -20,6 +20,7 @@ from grm.default_model import default_model_path
 from grm.judge import GenerativeRewardModel
 from grm.pretrained import resolve_model
 from grm.types import SamplingOptions
+from grm_cli.common import add_sampling_args
 from policy.config import ADVANTAGES, LOSSES, GRPOConfig
 from policy.rewards import FunctionReward, LocalGRMReward, RewardBackend, ServiceReward
 
@@ -41,9 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="a Python function (prompt, completion) -> float | None")
     p.add_argument("--per-response", action="store_true",
                    help="judge each completion alone (N = 1) instead of a prompt's whole group as one input")
-    p.add_argument("--judge-k", type=int, default=4, help="GRM judgments per input (default 4)")
-    p.add_argument("--judge-temperature", type=float, default=0.5)
-    p.add_argument("--judge-max-new-tokens", type=int, default=512)
+    add_sampling_args(p, "judge-", ", for the GRM reward", k=4)
     p.add_argument("--max-wait", type=float, default=600.0,
                    help="seconds to wait out an unreachable reward service before stopping (default 600)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")

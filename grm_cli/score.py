@@ -12,10 +12,11 @@ import sys
 
 import grpc
 
+import grm.defaults as defaults
 from grm.default_model import default_meta_rm_path, default_model_path
 from grm.judge import GenerativeRewardModel
 from grm.types import ScoreInput
-from grm_cli.common import add_model_args, format_result, load_input, printable, say
+from grm_cli.common import add_model_args, add_sampling_args, format_result, load_input, printable, say
 from grm_cli.connect import add_client_args, client_options
 from services.client import RewardClient
 
@@ -35,13 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", help="JSON file with query/conversation, responses, principles, reference")
     p.add_argument("--principles", help="your own criteria; the model then only critiques and scores")
     p.add_argument("--reference", help="a reference answer shown to the judge")
-    p.add_argument("-k", type=int, default=8, help="judgments sampled per input (default 8)")
-    p.add_argument("--temperature", type=float, default=0.5)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    add_sampling_args(p)
+    p.add_argument("--top-p", type=float, default=defaults.TOP_P,
+                   help=f"nucleus sampling mass (default {defaults.TOP_P:g})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--aggregation", choices=["voting", "meta_voting"], default="voting")
-    p.add_argument("--k-meta", type=int, default=None, help="samples kept by meta voting (default k/2)")
+    p.add_argument("--k-meta", type=int, default=None,
+                   help="samples kept by meta voting (default: half of k, at least 1)")
     p.add_argument("--show", action="store_true", help="print every sample's principles and critique")
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from grm.types import SamplingOptions
-from grm_cli.common import add_model_args, add_server_safety_args, check_binds, server_tls, set_threads
+from grm.types import Limits, SamplingOptions
+from grm_cli.common import (add_model_args, add_sampling_args, add_server_safety_args, check_binds, server_tls,
+                            set_threads)
 from grm_cli.engine_flags import add_engine_args, engine_passes, serve_loader
 from services.admission import AdmissionConfig
 from services.cache import MemoryCache, RedisCache
 from services.scheduler import SchedulerConfig
 from services.server import ServerConfig, grpc_address, run_until_signal
-from services.validation import Limits
 
 NAME = "serve"
 HELP = "serve the GRM over gRPC until SIGTERM"
@@ -55,9 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-text-chars", type=int, default=200_000, help="characters per text field")
     p.add_argument("--max-messages", type=int, default=64, help="messages per conversation (default 64)")
     p.add_argument("--max-message-mb", type=float, default=64, help="largest request in MiB (default 64)")
-    p.add_argument("--default-k", type=int, default=8, help="k when a request leaves it unset (default 8)")
-    p.add_argument("--default-temperature", type=float, default=0.5)
-    p.add_argument("--default-max-new-tokens", type=int, default=512)
+    add_sampling_args(p, "default-", ", when a request leaves it unset")
     p.add_argument("--max-concurrent-rpcs", type=int, default=256,
                    help="calls in progress before RESOURCE_EXHAUSTED (default 256)")
     p.add_argument("--max-queue", type=int, default=1024, help="inputs waiting for the engine (default 1024)")

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+import grm.defaults as defaults
 from grm.default_model import default_model_path
 from grm.engine import GenerationRequest
 from grm.judge import GenerativeRewardModel
@@ -46,7 +47,7 @@ from policy.logprobs import Example
 from policy.model import ModelSize, build_model
 from policy.rewards import ServiceReward
 from policy.sft import SFTConfig, train_sft
-from policy.trainer import GRPOConfig, GRPOTrainer, Rollouts, encode_prompt
+from policy.trainer import GRPOConfig, GRPOTrainer, Rollouts, policy_prompt_ids
 from services.cache import MemoryCache, RedisCache
 from services.server import BackgroundServer, ServerConfig
 
@@ -117,7 +118,7 @@ def run(args: DemoConfig) -> int:
         return record
 
     with _service(args) as (target, cache):
-        reward = ServiceReward(target, k=args.k, temperature=0.5, max_new_tokens=400, seed=args.seed,
+        reward = ServiceReward(target, k=args.k, temperature=defaults.TEMPERATURE, max_new_tokens=400, seed=args.seed,
                                per_response=not args.grouped, max_wait_s=300)
         print(f"reward: the GRM service at {target} (cache: {cache}), k={args.k}")
         trainer = GRPOTrainer(policy, tokenizer, reward, list(tasks), cfg, metrics_fn=metrics)
@@ -151,7 +152,7 @@ def _tokenizer():
 def _sft_batches(tokenizer, tasks: Sequence[Task], seed: int, batch_size: int = 32) -> Iterator[list[Example]]:
     """Each example: a query and one of its candidate answers, drawn at random."""
     rng = random.Random(f"policy-sft:{seed}")
-    prompts = {t.query: encode_prompt(tokenizer, t.query) for t in tasks}
+    prompts = {t.query: policy_prompt_ids(tokenizer, t.query) for t in tasks}
     eos = tokenizer.eos_token_id
     while True:
         batch = rng.sample(tasks, batch_size)
@@ -191,7 +192,7 @@ def true_pass_rate(model, tokenizer, tasks: Sequence[Task], seed: int, samples: 
     """Sample ``samples`` answers per held-out query (as in training) and check them by the rules."""
     model.eval()
     engine = TransformersEngine(model, tokenizer, model_id="policy")
-    requests = [GenerationRequest(encode_prompt(tokenizer, t.query), n=samples, temperature=temperature,
+    requests = [GenerationRequest(policy_prompt_ids(tokenizer, t.query), n=samples, temperature=temperature,
                                   max_new_tokens=32, seed=seed * 7919 + i) for i, t in enumerate(tasks)]
     outputs = engine.generate(requests)
     texts = [(t, c.text) for t, group in zip(tasks, outputs) for c in group]

@@ -34,12 +34,11 @@ from typing import Protocol
 import grpc
 
 from grm.grouping import Row, RowScore, group_rows, spread_back
-from grm.types import AggregationOptions, Message, SamplingOptions
+from grm.types import AggregationOptions, Conversation, SamplingOptions
 from services.client import ClientTLS, RetryPolicy, RewardClient
 
 log = logging.getLogger(__name__)
 
-Conversation = str | Sequence[Message | dict]
 Rewards = list[list[float | None]]
 
 # Codes that mean "the service cannot answer now", as opposed to "this request is wrong".

@@ -23,8 +23,8 @@ Example::
     reward = ServiceReward("127.0.0.1:50051", k=4)
     history = GRPOTrainer(model, tokenizer, reward, prompts, GRPOConfig(steps=50)).train()
 
-``python -m policy.train --model PATH --prompts prompts.jsonl --target HOST:PORT`` runs it
-from the command line (``grm grpo`` is the same).
+``grm grpo --model PATH --prompts prompts.jsonl --target HOST:PORT`` runs it from the
+command line (``grm_cli/grpo.py``).
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from tqdm.auto import tqdm
 
 from grm.engine import GenerationRequest
 from grm.transformers_engine import TransformersEngine
-from grm.types import Completion
+from grm.types import Completion, Conversation
 from policy.config import GRPOConfig
 from policy.grpo import LossMode, filter_degenerate_groups, group_advantages, grpo_loss
 from policy.logprobs import Example, batch_logprobs, target_ids
-from policy.rewards import Conversation, RewardBackend
+from policy.rewards import RewardBackend
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,11 @@ class Rollouts:
         return [texts[i:i + group_size] for i in range(0, len(texts), group_size)]
 
 
-def encode_prompt(tokenizer, prompt: Conversation) -> tuple[int, ...]:
-    """The policy's input: the chat template with a generation prompt when the tokenizer has
-    one, else the user text followed by a newline."""
+def policy_prompt_ids(tokenizer, prompt: Conversation) -> tuple[int, ...]:
+    """The policy's input ids: the chat template with a generation prompt when the tokenizer
+    has one, else the user text followed by a newline. The prompt is trusted text, so any
+    special-token strings in it stay special (unlike the judge's ``grm.prompts.encode_prompt``,
+    which keeps them plain text)."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [
         m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in prompt]
     if getattr(tokenizer, "chat_template", None):
@@ -138,7 +140,7 @@ class GRPOTrainer:
         """``group_size`` samples per prompt from the current policy."""
         cfg = self.cfg
         self.model.eval()
-        ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        ids = [policy_prompt_ids(self.tokenizer, p) for p in prompts]
         requests = [GenerationRequest(p, n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
                                       max_new_tokens=cfg.max_new_tokens, seed=seed * 7919 + i)
                     for i, p in enumerate(ids)]

@@ -17,6 +17,11 @@ from grm.types import (Aggregation, AggregationOptions, InvalidReason, Judgment,
                        ScoreInput, ScoreResult, StrEnum)
 from services.proto.grm.v1 import reward_pb2 as pb
 
+# The gRPC service's full name, read from the proto so it cannot drift: the server registers
+# its handlers and health status under it, the client asks for its health, and a channel
+# to several replicas names it in its service config (services/targets.py).
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name  # "grm.v1.RewardService"
+
 
 class CachePolicy(StrEnum):
     USE = "use"  # read the cache, store misses

@@ -1,7 +1,8 @@
 """Generate the Python code for ``proto/`` into ``services/proto/`` with grpcio-tools.
 
-    python -m services.gen_proto            # regenerate in place
-    python -m services.gen_proto --out DIR  # write the package under DIR instead
+    python scripts/gen_proto.py            # regenerate in place
+    python scripts/gen_proto.py --out DIR  # write the package under DIR instead
+    generate(DEFAULT_OUT)                  # the same from Python
 
 protoc writes imports relative to the proto root (``from grm.v1 import reward_pb2``),
 which would collide with our own ``grm`` package, so the generated imports are
@@ -12,9 +13,7 @@ temporary folder and compare bytes.
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,15 +59,3 @@ def generate(out: Path) -> list[Path]:
             folder = folder.parent
     return sorted(p for p in out.rglob("*") if p.is_file() and p.suffix in (".py", ".pyi"))
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output package folder")
-    args = parser.parse_args(argv)
-    for path in generate(args.out):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,8 +49,8 @@ from ray import serve
 
 from grm.judge import GenerativeRewardModel
 from services.cache import MemoryCache, RedisCache
+from services.convert import SERVICE_NAME
 from services.server import BackgroundServer, ServerConfig, loopback
-from services.servicer import SERVICE_NAME
 
 HANDLE_PEER = "ray:serve-handle"  # the peer a handle call is admitted and recorded as
 

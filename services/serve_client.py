@@ -23,13 +23,11 @@ imports Ray.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import grpc
 
-from services.client import (AsyncRewardClient, ClientTLS, RetryPolicy, RewardClient, auth_metadata,
-                             info_from_proto)
+from services.client import AsyncRewardClient, ClientCore, ClientTLS, RetryPolicy, RewardClient, info_from_proto
 from services.proto.grm.v1 import reward_pb2 as pb
 
 SERVE_PREFIX = "serve:"
@@ -137,26 +135,13 @@ class ServeRewardClient(RewardClient):
 
     def __init__(self, target: Any, *, timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(),
                  token: str | None = None):
-        self.target, self.timeout_s, self.retry = target, timeout_s, retry
-        self._limits: dict[str, int] | None = None
-        self.waits = 0
-        self._auth = auth_metadata(token)
+        ClientCore.__init__(self, target, timeout_s, retry, token)  # no channel: the handle is the transport
         self._stub = _HandleStub(target, asynchronous=False)
 
-    def wait_ready(self, timeout_s: float = 300.0, poll_s: float = 0.2) -> None:
-        """Block until a replica answers GetInfo; TimeoutError otherwise."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                info_from_proto(self._stub.GetInfo(pb.GetInfoRequest(), timeout=max(0.05, deadline - time.monotonic()),
-                                                   metadata=self._auth))
-                return
-            except grpc.RpcError as e:
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-            if time.monotonic() + poll_s >= deadline:
-                raise TimeoutError(f"{self.target} did not become ready within {timeout_s:g} s")
-            time.sleep(poll_s)
+    def _ready(self, left_s: float) -> bool:
+        """A replica answers GetInfo (``wait_ready`` polls this)."""
+        info_from_proto(self._stub.GetInfo(pb.GetInfoRequest(), timeout=left_s, metadata=self._auth))
+        return True
 
     def close(self) -> None:
         """Nothing to close: the handle belongs to Ray."""

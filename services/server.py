@@ -36,6 +36,7 @@ from grm.judge import GenerativeRewardModel
 from grm.types import SamplingOptions
 from services.admission import Admission, AdmissionConfig
 from services.cache import DEFAULT_PREFIX, RedisCache
+from services.convert import SERVICE_NAME
 from services.http_gate import HTTPLimits
 from services.http_reward import RewardHTTPServer
 from services.inspector import Inspector, RecentRequests
@@ -43,7 +44,7 @@ from services.lease import ReplicaLease
 from services.metrics import ServiceMetrics
 from services.scheduler import Scheduler, SchedulerConfig
 from services.security import TLSFiles, TokenFile, TokenGate
-from services.servicer import SERVICE_NAME, Backend, RewardServicer
+from services.servicer import Backend, RewardServicer
 from services.validation import Limits
 
 log = logging.getLogger(__name__)

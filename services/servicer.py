@@ -41,7 +41,7 @@ from grm.engine import EngineFailure, EngineOverloaded, EngineTimeout
 from grm.judge import GenerativeRewardModel, InputTooLong, Plan
 from grm.types import SamplingOptions
 from services.cache import DEFAULT_PREFIX, cache_key
-from services.convert import CachePolicy, result_to_proto, sampling_to_proto
+from services.convert import SERVICE_NAME, CachePolicy, result_to_proto, sampling_to_proto
 from services.metrics import ServiceMetrics
 from services.proto.grm.v1 import reward_pb2 as pb
 from services.admission import Admission, AdmissionConfig, Refused, requested_sequences
@@ -52,7 +52,6 @@ from services.singleflight import Singleflight
 from services.validation import Limits, Request, ValidationError, parse_batch, parse_score
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name  # "grm.v1.RewardService"
 Code = grpc.StatusCode
 BUSY_RETRY_S = 0.5  # the retry hint of a refusal that knows no better one (the server is full)
 # A client's deadline and ours are the same timeout started a network hop apart, so its

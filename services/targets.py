@@ -13,7 +13,7 @@
 
 A single target (``host:port``, ``dns:///name:port``, ...) is passed through with no
 options: one server, or a name that a resolver turns into several addresses. Every
-client of the project opens its channel through ``services.client.open_channel``, which
+client of the project opens its channel through ``services.channel.open_channel``, which
 calls this, so ``RewardClient``, the adapters and ``GRM_TARGET`` all accept such lists.
 
 Example::
@@ -28,7 +28,8 @@ import ipaddress
 import json
 import socket
 
-SERVICE_NAME = "grm.v1.RewardService"
+from services.convert import SERVICE_NAME
+
 MAX_ATTEMPTS = 4  # per call, the first included (gRPC caps it at 5)
 
 

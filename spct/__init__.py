@@ -9,6 +9,7 @@ and SFT loop, on the verifiable tasks of ``grm.tasks``. ``grm spct`` runs ``pipe
 - ``rft`` (rejective sampling and filter), ``rl`` (GRPO on the +1/-1 rule reward),
   ``meta_rm_train`` (the meta RM), ``stages`` (how the pipeline calls them),
   ``stage_eval`` (greedy checks);
-- experiments with their own entry points: ``python -m spct.rl_grid``,
-  ``python -m spct.meta_study`` and ``python -m spct.card_figures`` (the model card's).
+- experiments as plain functions: ``rl_grid``, ``meta_study`` and ``card_figures`` (the
+  model card's), run from ``scripts/rl_grid.py``, ``scripts/meta_study.py`` and
+  ``scripts/card_figures.py``.
 """

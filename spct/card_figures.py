@@ -3,18 +3,20 @@
 For a finished ``grm spct`` run folder: the bootstrapped voting@k / MetaRM@k table of the
 final GRM with its meta RM (temperature 0.5, 16 samples per item, 500 held-out test items),
 and the greedy accuracy of every stage checkpoint on the same items. One JSON report per
-checkpoint is written into ``--out``.
+checkpoint is written into ``out``.
 
-    python -m spct.card_figures --run runs/spct --out runs/spct/eval
+    python scripts/card_figures.py --run runs/spct --out runs/spct/eval
+    card_figures(Path("runs/spct"), Path("runs/spct/eval"))   # from Python
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from grm.eval_run import EvalSettings, describe_judge, evaluate, format_table, load_data, local_scorer
+from grm.eval.records import load_data
+from grm.eval.report import format_table
+from grm.eval.run import EvalSettings, describe_judge, evaluate, local_scorer
 from grm.judge import GenerativeRewardModel
 
 DATA = "synthetic:test:500"
@@ -31,23 +33,15 @@ def report_for(model: Path, out: Path, settings: EvalSettings, meta_rm: Path | N
     return run.report
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spct.card_figures", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="a grm spct --out folder")
-    p.add_argument("--out", required=True, help="where the JSON reports go")
-    p.add_argument("--samples", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=16)
-    args = p.parse_args(argv)
-    run, out = Path(args.run), Path(args.out)
+def card_figures(run: Path, out: Path, samples: int = 16, batch_size: int = 16) -> None:
+    """Write ``final.json`` (the final GRM with its meta RM, ``samples`` per item) and one
+    greedy report per earlier stage into ``out``, for the ``grm spct`` run folder ``run``."""
+    run, out = Path(run), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    final = EvalSettings(DATA, ks=(1, 2, 4, 8, 16), samples=args.samples, max_new_tokens=256,
-                         batch_size=args.batch_size)
+    final = EvalSettings(DATA, ks=(1, 2, 4, 8, 16), samples=samples, max_new_tokens=256,
+                         batch_size=batch_size)
     report_for(run / "rl", out / "final.json", final, meta_rm=run / "meta_rm")
     for stage in ("cold_start", "rft"):  # greedy comes with every report; one sample keeps it cheap
-        greedy = EvalSettings(DATA, ks=(1,), samples=1, max_new_tokens=256, batch_size=args.batch_size)
+        greedy = EvalSettings(DATA, ks=(1,), samples=1, max_new_tokens=256, batch_size=batch_size)
         report_for(run / stage, out / f"{stage}.json", greedy)
-    return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

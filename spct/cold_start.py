@@ -12,7 +12,7 @@ the first line or sentence end):
   ``The answer``.
 
 Then the pieces are filtered (principles must read as principles; a critique must quote only
-words that are in its response, ``grm.grounding``) and assembled in the judge's format, each
+words that are in its response, ``grm.eval.grounding``) and assembled in the judge's format, each
 critique line opening with a quote of its response's first words, and with scores drawn so
 the preferred response is higher by at least 2. Both response orders of a pair become
 training examples (against position bias). The label decides the scores: nothing here
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from grm.engine import GenerationRequest
-from grm.grounding import check_quotes
+from grm.eval.grounding import check_quotes
 from grm.prompts import encode_prompt, keep_tail, shown_response
 from grm.seeds import mix_seed
 from grm.templates import JudgeTemplate

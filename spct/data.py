@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policy.logprobs import Example  # noqa: F401 (re-exported: the SPCT stages build Examples)
+from grm.eval.splits import SPLITS, check_split, record_prompt, split_of
 from grm.prompts import build_judge_content, encode_prompt
-from grm.splits import SPLITS, check_split, record_prompt, split_of
 from grm.templates import JudgeTemplate, load_template
 from grm.types import ScoreInput
 from grm.tasks import Task, generate_tasks
@@ -68,7 +68,7 @@ def load_preference_data(path: str | Path, split: str | None = None) -> list[Lab
     """Read a JSONL preference file (formats in the module docstring); errors name the line.
 
     ``split`` ("train" or "validation") keeps only the records whose prompt falls in that
-    split (``grm.splits``: by prompt, so no prompt is on both sides)."""
+    split (``grm.eval.splits``: by prompt, so no prompt is on both sides)."""
     if split is not None:
         check_split(split)
     items = [item for item, prompt in _read_records(path) if split is None or split_of(prompt) == split]
@@ -78,7 +78,7 @@ def load_preference_data(path: str | Path, split: str | None = None) -> list[Lab
 
 
 def load_preference_splits(path: str | Path) -> dict[str, list[LabeledItem]]:
-    """Every record of a JSONL preference file, by split (``grm.splits``), read in one pass;
+    """Every record of a JSONL preference file, by split (``grm.eval.splits``), read in one pass;
     a split may be empty, the file may not."""
     splits: dict[str, list[LabeledItem]] = {name: [] for name in SPLITS}
     for item, prompt in _read_records(path):

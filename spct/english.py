@@ -9,10 +9,12 @@ The stages, in order (``grm train-english --out DIR`` runs those not yet done):
    pair (``spct.lora_sft``); writes the adapter to ``sft/``, resuming from its last saved
    step;
 3. ``bt``: the scalar baseline users would otherwise train, a Bradley-Terry reward model on
-   the same base and pairs (``spct.bt_rm``), with its validation accuracy.
+   the same base (``spct.bt_rm``), with its validation accuracy. By default it is fit on the
+   very pairs the judge was fine-tuned on (those with a usable draft); ``--set
+   bt.pairs=all`` takes every training pair instead.
 
 Every stage is bounded in time (``--stage-minutes``): it stops, saves, and leaves the rest
-to the next run. The training pairs come from the train split only (``grm.splits``), the
+to the next run. The training pairs come from the train split only (``grm.eval.splits``), the
 same share of each source.
 
 Example::
@@ -35,12 +37,12 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from grm.evaluate import item_bootstrap
+from grm.eval.splits import record_prompt, split_of
+from grm.eval.statistics import item_bootstrap
 from grm.judge import save_template
 from grm.lora import ADAPTER_CONFIG
 from grm.pretrained import resolve_model
 from grm.seeds import mix_seed
-from grm.splits import record_prompt, split_of
 from grm.templates import JudgeTemplate, load_template
 from grm.transformers_engine import TransformersEngine
 from spct.bt_rm import bt_correct, pair_ids, train_bt
@@ -81,10 +83,12 @@ def training_items(paths: Sequence[str], per_source: int, seed: int) -> list[Lab
         items = load_preference_splits(path)["train"]
         random.Random(mix_seed("english-train-items", seed, Path(path).name)).shuffle(items)
         lists.append(items[:per_source])
-    out = []
-    for row in range(max(len(x) for x in lists)):
-        out += [x[row] for x in lists if row < len(x)]
-    return out
+    return interleave(lists)
+
+
+def interleave(lists: Sequence[list]) -> list:
+    """The lists' items taken one list after another (first items, then second items, ...)."""
+    return [x[row] for row in range(max(map(len, lists), default=0)) for x in lists if row < len(x)]
 
 
 def append_report(out: Path, entry: dict) -> None:
@@ -200,16 +204,18 @@ def sft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
 
 
 def validation_records(paths: Sequence[str], per_source: int, seed: int) -> list[str]:
-    """Up to ``per_source`` validation-split lines of each file (a seeded sample, file order kept)."""
+    """Up to ``per_source`` validation-split lines of each file (a seeded sample, each file's
+    order kept), interleaved one file after another, so an evaluation cut short has seen
+    every source alike."""
 
-    out = []
+    lists = []
     for path in paths:
         lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines()
                  if line.strip() and split_of(record_prompt(json.loads(line))) == "validation"]
         keep = sorted(random.Random(mix_seed("english-validation", seed, Path(path).name))
                       .sample(range(len(lines)), min(per_source, len(lines))))
-        out += [lines[i] for i in keep]
-    return out
+        lists.append([lines[i] for i in keep])
+    return interleave(lists)
 
 
 def write_validation(opts: EnglishOptions) -> Path:
@@ -223,7 +229,16 @@ def write_validation(opts: EnglishOptions) -> Path:
 
 def bt_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
     """The Bradley-Terry baseline on the same base and training pairs, then its validation accuracy."""
-    settings = LoraSettings(seed=opts.seed, **{"epochs": 1.0, **stage_settings(opts, "bt")})
+    extra = stage_settings(opts, "bt")
+    which = extra.pop("pairs", "judge")
+    if which == "judge":  # the pairs the judge was fine-tuned on: those with a usable draft
+        items = [items[row["index"]] for row in read_jsonl(opts.out / "drafts.jsonl") if not row["reason"]]
+        if not items:
+            raise ValueError(f"{opts.out / 'drafts.jsonl'}: no usable draft, so no judge pairs for bt.pairs=judge "
+                             "(run the draft stage first, or --set bt.pairs=all)")
+    elif which != "all":
+        raise ValueError(f"bt.pairs must be \"judge\" or \"all\", got {which!r}")
+    settings = LoraSettings(seed=opts.seed, **{"epochs": 1.0, **extra})
     base = resolve_model(opts.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -234,6 +249,7 @@ def bt_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledI
     figures = train_bt(model, pairs, settings, opts.out / "bt", pad, opts.stage_minutes * 60, log)
     if figures["steps"] < figures["planned_steps"]:
         return {"stage": "bt", "status": "partial", "pairs": len(pairs), **figures}
+    began = time.monotonic()
     lines = write_validation(opts).read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
     val = [record_item(r) for r in records]
@@ -241,8 +257,9 @@ def bt_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledI
     sources = np.array([str(r.get("source", "")).split(":")[0] for r in records])
     by_source = {name: item_bootstrap(correct[sources == name], seed=opts.seed).to_json()
                  for name in sorted(set(sources))}
-    return {"stage": "bt", "status": "done", "pairs": len(pairs), **figures,
-            "validation": {"pairs": len(val), **item_bootstrap(correct, seed=opts.seed).to_json(),
+    return {"stage": "bt", "status": "done", "pairs": len(pairs), "pairs_from": which, **figures,
+            "validation": {"pairs": len(val), "wall_s": round(time.monotonic() - began, 1),
+                           **item_bootstrap(correct, seed=opts.seed).to_json(),
                            "by_source": by_source}}
 
 

@@ -1,7 +1,9 @@
 """Compare meta-RM training recipes on one fixed set of samples (the study in the model card).
 
-    python -m spct.meta_study --out runs/meta-study --prompts 1536 --steps 400 \\
+    python scripts/meta_study.py --out runs/meta-study --prompts 1536 --steps 400 \\
         --recipes all,soft,mixed,balanced
+
+    run_study(StudyConfig(out="runs/meta-study", recipes=("all", "soft")))   # from Python
 
 1. The GRM (default: the bundled one) samples 4 judgments on each of ``--prompts`` train
    prompts, chosen and drawn as the pipeline's meta stage does (``stages.meta_samples``):
@@ -10,7 +12,7 @@
    with ``grm eval``'s seeds: ``validation.jsonl`` (the ``grm eval --judgments`` format).
 3. Each recipe trains a meta RM from the GRM's weights on its share of the train samples,
    rates the validation judgments, and reports voting@k, MetaRM@k and how well the ratings
-   separate samples of one item (``grm.evaluate.meta_separation``): ``results.jsonl``.
+   separate samples of one item (``grm.eval.statistics.meta_separation``): ``results.jsonl``.
 
 Files from steps 1 and 2 are reused when they exist, so recipes compare on the same samples.
 
@@ -26,16 +28,20 @@ Recipes (each trains with binary cross-entropy, as the paper's meta RM):
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+import grm.defaults as defaults
+
 from grm.default_model import default_model_path
-from grm.eval_run import load_data, local_scorer, score_items, write_judgments
-from grm.evaluate import SampleMatrix, bootstrap_accuracy, meta_separation
+from grm.eval.records import load_data
+from grm.eval.report import write_judgments
+from grm.eval.run import local_scorer, score_items
+from grm.eval.statistics import SampleMatrix, bootstrap_accuracy, meta_separation
 from grm.judge import GenerativeRewardModel
 from grm.meta_rm import MetaRewardModel
 from grm.prompts import build_judge_content
@@ -98,40 +104,45 @@ def validation_matrix(rows: list[dict]):
     return SampleMatrix(scores, np.array([r["best"] for r in rows])), valid
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spct.meta_study", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="folder for the samples and results.jsonl")
-    p.add_argument("--grm", help="GRM checkpoint (default: the bundled one)")
-    p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
-    p.add_argument("--prompts", type=int, default=1536, help="train prompts sampled (x4 judgments)")
-    p.add_argument("--val-items", type=int, default=300, help="validation items (x16 judgments)")
-    p.add_argument("--steps", type=int, default=400, help="meta RM training steps per recipe")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    if not recipes or set(recipes) - set(RECIPES):
-        p.error(f"--recipes takes {', '.join(RECIPES)}, got {args.recipes!r}")
+@dataclass(frozen=True)
+class StudyConfig:
+    """What ``run_study`` compares (scripts/meta_study.py has a flag for each)."""
+
+    out: str  # folder for the samples and results.jsonl
+    grm: str | None = None  # GRM checkpoint (None: the bundled one)
+    recipes: tuple[str, ...] = RECIPES
+    prompts: int = 1536  # train prompts sampled (x4 judgments)
+    val_items: int = 300  # validation items (x16 judgments)
+    steps: int = 400  # meta RM training steps per recipe
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.recipes or set(self.recipes) - set(RECIPES):
+            raise ValueError(f"StudyConfig.recipes takes {', '.join(RECIPES)}, got {self.recipes!r}")
 
 
-    out = Path(args.out)
+def run_study(cfg: StudyConfig) -> list[dict]:
+    """Sample (or reuse) the train and validation judgments, then train and rate each recipe;
+    returns the rows appended to ``results.jsonl`` (one per recipe)."""
+    out, results = Path(cfg.out), []
     out.mkdir(parents=True, exist_ok=True)
-    path = args.grm or str(default_model_path())
+    path = cfg.grm or str(default_model_path())
     grm = GenerativeRewardModel.load(path, device="cpu")
-    items = meta_items(train_items(FULL, args.seed), args.prompts, args.seed)
+    items = meta_items(train_items(FULL, cfg.seed), cfg.prompts, cfg.seed)
     samples = out / "train_samples.jsonl"
     if not samples.exists():
-        fresh = meta_samples(grm, items, args.seed, args.max_new_tokens)
+        fresh = meta_samples(grm, items, cfg.seed, cfg.max_new_tokens)
         samples.write_text("".join(json.dumps({"item": t.item, "permutation": t.permutation, "text": t.text,
                                                "scores": t.scores, "correct": t.correct}) + "\n" for t in fresh))
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
 
     validation = out / "validation.jsonl"
-    val_items, _ = load_data(f"synthetic:validation:{args.val_items}", None)
+    val_items, _ = load_data(f"synthetic:validation:{cfg.val_items}", None)
     if not validation.exists():
-        kept, sampled, greedy, _ = score_items(local_scorer(grm), val_items, samples=16, temperature=0.5,
-                                               max_new_tokens=args.max_new_tokens, seed=args.seed, meta=False,
+        kept, sampled, greedy, _ = score_items(local_scorer(grm), val_items, samples=16, temperature=defaults.TEMPERATURE,
+                                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, meta=False,
                                                batch_size=64)
         write_judgments(str(validation), kept, sampled, greedy)
     val_rows = [json.loads(line) for line in validation.read_text().splitlines()]
@@ -142,27 +153,25 @@ def main(argv=None) -> int:
                  val_rows[i]["sampled"][s]["text"]) for i, s in where]
 
     ks = [k for k in (1, 2, 4, 8, 16) if k <= plain.scores.shape[1]]
-    for recipe in recipes:
-        chosen, labels = recipe_data(rows, [it.best for it in items], recipe, args.seed)
+    for recipe in cfg.recipes:
+        chosen, labels = recipe_data(rows, [it.best for it in items], recipe, cfg.seed)
         pairs = [(build_judge_content(grm.template, items[r["item"]].item, tuple(r["permutation"])), r["text"])
                  for r in chosen]
         # The GRM's own weights (float32 on the CPU) start each meta RM; train_meta_rm only reads them.
         meta, tokenizer, stats = train_meta_rm(grm.engine.model, grm.engine.tokenizer, pairs, labels,
-                                               MetaConfig(steps=args.steps, batch_size=args.batch_size,
-                                                          seed=args.seed), desc=f"meta RM ({recipe})")
+                                               MetaConfig(steps=cfg.steps, batch_size=cfg.batch_size,
+                                                          seed=cfg.seed), desc=f"meta RM ({recipe})")
         meta.eval()
         ratings = np.full(plain.scores.shape[:2], np.nan)
         for (i, s), value in zip(where, MetaRewardModel(meta, tokenizer, max_length=META_MAX_LENGTH).score(contents)):
             ratings[i, s] = value
         rated = SampleMatrix(plain.scores, plain.best, ratings)
-        curves = bootstrap_accuracy(rated, ks, seed=args.seed, aggregations=("voting", "meta_voting"))
+        curves = bootstrap_accuracy(rated, ks, seed=cfg.seed, aggregations=("voting", "meta_voting"))
         result = {"recipe": recipe, "train": stats, "k": ks, "separation": meta_separation(rated),
                   **{a: [round(100 * e.accuracy, 2) for e in curve] for a, curve in curves.items()}}
         print(json.dumps(result), flush=True)
         with open(out / "results.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")
-    return 0
+        results.append(result)
+    return results
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

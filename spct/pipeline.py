@@ -64,7 +64,7 @@ def run(args: SPCTOptions) -> int:
     report["budget"] = dataclasses.asdict(budget)
 
     # ---- data: labelled items (train / test)
-    if args.data:  # split by prompt (grm.splits): no prompt of the held-out items is trained on
+    if args.data:  # split by prompt (grm.eval.splits): no prompt of the held-out items is trained on
         splits = load_preference_splits(args.data)
         train, test = splits["train"], splits["validation"]  # a tiny file may hold out nothing
         if not train:

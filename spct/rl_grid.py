@@ -8,14 +8,13 @@ choose) and, with ``--test-items``, on the test split (reported, never used to c
 teacher term, the same number of teacher-only SFT steps at the same learning rate, so the
 RL term's own effect is visible.
 
-    python -m spct.rl_grid --rft runs/spct/rft --betas 0,0.01,0.02,0.08 --steps 13
-    python -m spct.rl_grid --rft runs/spct/rft --test-items 500 --control \\
+    python scripts/rl_grid.py --rft runs/spct/rft --betas 0,0.01,0.02,0.08 --steps 13
+    python scripts/rl_grid.py --rft runs/spct/rft --test-items 500 --control \\
         --configs "lr=2e-5,prompts_per_step=32;lr=5e-5,prompts_per_step=32,teacher_coef=1"
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
@@ -38,7 +37,7 @@ def parse_settings(betas: str | None, configs: str | None, base: RLConfig) -> li
             name, _, value = pair.partition("=")
             name = name.strip()
             if name not in fields:
-                raise ValueError(f"--configs: unknown RLConfig field {name!r}; known: {', '.join(fields)}")
+                raise ValueError(f"unknown RLConfig field {name!r}; known: {', '.join(fields)}")
             default = getattr(base, name)
             kind = float if default is None else type(default)  # the optional fields are numbers (time_limit_s)
             changes[name] = kind(value.strip())
@@ -46,33 +45,22 @@ def parse_settings(betas: str | None, configs: str | None, base: RLConfig) -> li
     return out or [base]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spct.rl_grid", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rft", required=True, help="the RFT checkpoint RL starts from")
-    p.add_argument("--betas", default=None, help="KL coefficients, comma-separated (the paper: 0,0.01,0.02,0.08)")
-    p.add_argument("--configs", default=None, help="RLConfig settings: 'field=value,...' per setting, ';' between")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--prompts", type=int, default=32, help="prompts per RL step (x4 samples)")
-    p.add_argument("--items", type=int, default=300, help="validation items judged per setting")
-    p.add_argument("--test-items", type=int, default=0, help="test items judged per setting (0: none)")
-    p.add_argument("--control", action="store_true", help="teacher-only SFT beside each setting with a teacher term")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default="rl_grid.json")
-    args = p.parse_args(argv)
+def run_grid(rft: str, settings: list[RLConfig], *, items: int = 300, test_items: int = 0, control: bool = False,
+             seed: int = 0, device: str | None = None, out: str = "rl_grid.json") -> list[dict]:
+    """Train each setting from the ``rft`` checkpoint and judge it greedily on ``items``
+    validation items (and ``test_items`` test items); with ``control``, a teacher-only SFT
+    beside each setting with a teacher term. The rows are rewritten to ``out`` after each."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(args.rft)
-    train = items_from_tasks(generate_tasks(5000, args.seed + 1, "train"))
-    splits = {"validation": items_from_tasks(generate_tasks(args.items, 0, "validation"))}
-    if args.test_items:
-        splits["test"] = items_from_tasks(generate_tasks(args.test_items, 0, "test"))
-    base_cfg = RLConfig(steps=args.steps, prompts_per_step=args.prompts, seed=args.seed)
-    settings = parse_settings(args.betas, args.configs, base_cfg)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(rft)
+    train = items_from_tasks(generate_tasks(5000, seed + 1, "train"))
+    splits = {"validation": items_from_tasks(generate_tasks(items, 0, "validation"))}
+    if test_items:
+        splits["test"] = items_from_tasks(generate_tasks(test_items, 0, "test"))
 
     def load():
-        return AutoModelForCausalLM.from_pretrained(args.rft, dtype=torch.float32).to(device)
+        return AutoModelForCausalLM.from_pretrained(rft, dtype=torch.float32).to(device)
 
     def judged(model) -> dict:
         return {f"{name}_greedy": greedy_eval(model, tokenizer, items) for name, items in splits.items()}
@@ -84,17 +72,14 @@ def main(argv=None) -> int:
         stats = train_rl(model, tokenizer, train, cfg, desc=f"RL {cfg}")
         rows.append({"setting": "rl", "rl": stats, **judged(model)})
         print(rows[-1], flush=True)
-        if args.control and cfg.teacher_coef:
+        if control and cfg.teacher_coef:
             model = load()
             sft = SFTConfig(steps=cfg.steps, lr=cfg.lr, warmup=1, min_lr_ratio=1.0, weight_decay=0.0)
             train_sft(model, teacher_batches(tokenizer, SPCT_TEMPLATE, train, cfg.teacher_batch, cfg.seed + 2), sft,
                       desc="teacher-only control")
             rows.append({"setting": "teacher_sft_control", "steps": cfg.steps, "lr": cfg.lr, **judged(model)})
             print(rows[-1], flush=True)
-        with open(args.out, "w") as f:
+        with open(out, "w") as f:
             json.dump(rows, f, indent=2)
-    return 0
+    return rows
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,6 +13,7 @@ import json
 import random
 import time
 
+import grm.defaults as defaults
 from grm.prompts import build_judge_content
 from grm.tasks import generate_tasks
 from policy.sft import SFTConfig, train_sft
@@ -137,7 +138,7 @@ def meta_samples(grm, items, seed: int, max_new_tokens: int, time_limit_s: float
     for at in range(0, len(items), chunk):
         if time_limit_s is not None and at and time.monotonic() - start > time_limit_s:
             break
-        temperature = 0.5 if at // chunk % 2 else 1.0
+        temperature = defaults.TEMPERATURE if at // chunk % 2 else 1.0
         out += [dataclasses.replace(t, item=at + t.item)  # sample_groups counts items from 0
                 for g in sample_groups(grm, items[at:at + chunk], k=4, temperature=temperature,
                                        max_new_tokens=max_new_tokens, seed=seed + 7 + at) for t in g]

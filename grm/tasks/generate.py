@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+import grm.seeds as seeds
 from grm.tasks.rules import MAX_RESPONSES, SPLITS, Constraint, Kind, Task, split_of, true_score
 from grm.tasks.vocabulary import (CATEGORIES, FILLERS, HEADS, KEYWORDS, SUM_PREFIXES, TOPICS,
                                   VERBS)
@@ -187,7 +188,7 @@ def generate_tasks(n: int, seed: int, split: str = "train", *, num_responses: in
         raise ValueError(f"num_responses must be in 1..{MAX_RESPONSES}, got {num_responses}")
     if not 0.0 <= difficulty <= 1.0:
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
-    rng = random.Random(f"spct-tasks/{split}/{seed}/{num_responses}/{difficulty}")
+    rng = seeds.rng(f"spct-tasks/{split}/{seed}/{num_responses}/{difficulty}")  # one part: named before grm.seeds
     tasks: list[Task] = []
     seen: set[str] = set()
     for _ in range(100 * n + 1000):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grm.aggregation import aggregate
-from grm.eval_run import load_data
+from grm.eval.records import load_data
 from grm.parsing import parse_judgment
 from grm.types import InvalidReason, Judgment, ScoreInput, ScoreResult
 from services.inspector.html import esc

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 
 import grpc
 
+import grm.defaults as defaults
 from services.client import CALL_METADATA, RewardClient
 from services.inspector.html import esc
 from services.inspector.input_view import InputView, render_input
@@ -25,7 +26,7 @@ from grm.types import ScoreInput
 
 RESPONSE_BOXES = 4  # empty boxes are left out
 MAX_FIELDS = 64
-NUMBERS = {"k": (int, 4), "temperature": (float, 0.5), "max_new_tokens": (int, 256), "seed": (int, 0)}
+NUMBERS = {"k": (int, 4), "temperature": (float, defaults.TEMPERATURE), "max_new_tokens": (int, 256), "seed": (int, 0)}
 INT_RANGES = {"k": (1, 2**31 - 1), "max_new_tokens": (1, 2**31 - 1), "seed": (0, 2**63 - 1)}  # the proto's int32/int64
 STATUS_FOR_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
                    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504}

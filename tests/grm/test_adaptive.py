@@ -158,13 +158,14 @@ def test_adaptive_with_meta_voting_is_refused():
 def test_bad_adaptive_options_name_the_field():
     with pytest.raises(ValueError, match="adaptive must be one of off, decided, confident, got 'sometimes'"):
         SamplingOptions(adaptive="sometimes")
-    with pytest.raises(ValueError, match="adaptive_z must be a finite number > 0, got 0"):
+    with pytest.raises(ValueError, match=r"adaptive_z must be in \(0, 100\], got 0"):
         SamplingOptions(adaptive_z=0)
 
 
 def test_eval_reports_adaptive_beside_fixed_k():
-    from grm.eval_run import EvalSettings, evaluate, format_table, local_scorer
-    from grm.evaluate import EvalItem
+    from grm.eval.records import EvalItem
+    from grm.eval.report import format_table
+    from grm.eval.run import EvalSettings, evaluate, local_scorer
 
     items = [EvalItem(it, best, line) for line, (it, best) in enumerate(
         [(ScoreInput("Pick the biggest.", ["value 9", "value 2"]), 0),

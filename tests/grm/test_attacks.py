@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grm.attacks import ATTACK_KINDS, attack_inputs, attack_texts, hack_outcomes, hack_rates, is_hack
-from grm.eval_run import EvalSettings, hack_report, local_scorer
-from grm.evaluate import EvalItem
+from grm.eval.attacks import ATTACK_KINDS, attack_inputs, attack_texts, hack_outcomes, hack_rates, is_hack
+from grm.eval.records import EvalItem
+from grm.eval.run import EvalSettings, hack_report, local_scorer
 from grm.judge import GenerativeRewardModel
 from grm.parsing import parse_judgment
 from grm.testing import NoisyRuleEngine

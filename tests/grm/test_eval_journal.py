@@ -2,10 +2,10 @@
 
 import json
 
-from grm.eval_journal import Journal, result_from_json, result_to_json
-from grm.eval_run import EvalSettings, evaluate, local_scorer
+from grm.eval.journal import Journal, result_from_json, result_to_json
+from grm.eval.run import EvalSettings, evaluate, local_scorer
 from grm.judge import GenerativeRewardModel
-from test_evaluate import ConstantMeta, NumberJudge, number_items
+from test_eval_run import ConstantMeta, NumberJudge, number_items
 
 
 def _counting(scorer, seen: list):

@@ -1,7 +1,7 @@
 """Quote grounding: fragments a critique quotes must be in the response its line names."""
 
-from grm.grounding import QuoteCheck, check_quotes, grounding_report, named_answer, quotes
-from grm.evaluate import EvalItem
+from grm.eval.grounding import QuoteCheck, check_quotes, grounding_report, named_answer, quotes
+from grm.eval.records import EvalItem
 from grm.templates import load_template
 from grm.types import Judgment, ScoreInput, ScoreResult
 

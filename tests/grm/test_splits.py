@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from grm.splits import split_of
+from grm.eval.splits import split_of
 
 SLICE = Path(__file__).parent / "data" / "preferences_slice.jsonl"
 
@@ -44,7 +44,7 @@ def test_spct_reads_one_split_and_the_two_splits_partition_the_file():
 
 
 def test_grm_eval_reads_one_split_keeping_the_file_s_line_numbers():
-    from grm.eval_run import load_data
+    from grm.eval.records import load_data
 
     everything, _ = load_data(str(SLICE), None)
     validation, skipped = load_data(str(SLICE), None, "validation")
@@ -57,8 +57,8 @@ def test_grm_eval_reads_one_split_keeping_the_file_s_line_numbers():
 
 
 def test_records_without_a_prompt_field_split_by_the_dialogue_they_share(tmp_path):
-    from grm.eval_run import load_data
-    from grm.splits import record_prompt
+    from grm.eval.records import load_data
+    from grm.eval.splits import record_prompt
 
     hh = [{"chosen": f"\n\nHuman: Question {i}?\n\nAssistant: Answer {j}.", "rejected": f"\n\nHuman: Question {i}?\n\nAssistant: No."}
           for i in range(40) for j in range(2)]  # each prompt twice, with different replies

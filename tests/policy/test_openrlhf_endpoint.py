@@ -17,10 +17,10 @@ import urllib.request
 import pytest
 from adapter_helpers import BAD, BAD2, GOOD, GOOD2, QUERY, QUERY2, SCORED, TOO_LONG, batch_calls
 from openrlhf.utils.agent import SingleTurnAgentExecutor
-from service_helpers import ServeProcess
 
 from services.client import RetryPolicy, RewardClient
 from services.server import ServerConfig
+from services.testing.serve_process import ServeProcess
 
 
 def post(url: str, body: bytes | dict, method: str = "POST") -> tuple[int, dict]:

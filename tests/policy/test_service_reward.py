@@ -12,13 +12,13 @@ from dataclasses import replace
 
 import pytest
 from adapter_helpers import BAD, GOOD, GRM_CONFIG, QUERY, SCORED
-from redis_fixtures import free_port
 
 from grm.default_model import PACKAGED
 from grm.judge import GenerativeRewardModel
 from policy.rewards import RewardUnavailable, ServiceReward
 from services.client import RetryPolicy
 from services.server import BackgroundServer
+from services.testing.redis_servers import free_port
 
 
 def test_waits_out_a_loading_service_longer_than_the_clients_default_retries():

@@ -15,8 +15,8 @@ from grm.testing import build_tiny_model
 from grm.types import Completion
 from policy.logprobs import Example, target_ids
 from policy.rewards import FunctionReward, RewardUnavailable, ServiceReward
-from policy.trainer import GRPOConfig, GRPOTrainer, Rollouts, encode_prompt
-from redis_fixtures import free_port
+from policy.trainer import GRPOConfig, GRPOTrainer, Rollouts, policy_prompt_ids
+from services.testing.redis_servers import free_port
 
 PROMPTS = ["Name a color.", "Say hello.", "Count to three.", "Name an animal."]
 
@@ -113,7 +113,7 @@ def test_micro_batches_give_the_whole_batch_gradient(policy_path, loss):
     """Accumulating over micro-batches of 3 equals one pass over all 8 completions."""
     model, tok = load(policy_path)
     torch.manual_seed(0)
-    prompts = [encode_prompt(tok, p) for p in PROMPTS[:2]]
+    prompts = [policy_prompt_ids(tok, p) for p in PROMPTS[:2]]
     examples = [Example(prompts[i % 2], tuple(torch.randint(5, 400, (3 + i,)).tolist())) for i in range(8)]
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 2.0, -2.0, 0.0])
     grads = []

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from redis_fixtures import RedisServer, free_port, redis_server  # noqa: F401  (fixture)
+from redis_fixtures import redis_server  # noqa: F401  (fixture)
 from service_helpers import CONFIG
 
 from grm.types import AggregationOptions, SamplingOptions, ScoreInput
@@ -26,6 +26,7 @@ from services.client import ItemError, RetryPolicy, RewardClient
 from services.proto.grm.v1 import reward_pb2 as pb
 from services.server import BackgroundServer
 from services.result_store import judgments_key, read_result, result_entries
+from services.testing.redis_servers import RedisServer, free_port
 
 OPTS = dict(k=2, max_new_tokens=8, seed=0)
 SERVE_CONFIG = dataclasses.replace(CONFIG, defaults=SamplingOptions(k=2, max_new_tokens=8), metrics_port=None)

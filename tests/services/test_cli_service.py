@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from service_helpers import ServeProcess
 from services.client import RewardClient
+from services.testing.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from grm.types import ScoreInput
-from service_helpers import CONFIG, FAST, QUERY, RESPONSES, ServeProcess
+from service_helpers import CONFIG, FAST, QUERY, RESPONSES
 from services.client import AsyncRewardClient, ItemError, RetryPolicy, RewardClient, ScoreReply, batch_from_proto
 from services.convert import input_to_proto
 from services.proto.grm.v1 import reward_pb2 as pb
 from services.proto.grm.v1 import reward_pb2_grpc as pb_grpc
+from services.testing.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 """A remote engine that stalls or answers garbage, behind a real HTTP proxy in front of a real
-llama.cpp server (tests/services/engine_proxy.py): the service stays responsive, cancels
+llama.cpp server (services/testing/engine_proxy.py): the service stays responsive, cancels
 what nobody waits for, stops promptly, and answers UNAVAILABLE naming the URL."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from engine_proxy import EngineProxy
 from llama_fixtures import connect, gguf, llama, tokenizer  # noqa: F401 (fixtures)
 from service_helpers import CONFIG, RESPONSES
 
@@ -22,6 +21,7 @@ from services.proto.grm.v1 import reward_pb2 as pb
 from services.proto.grm.v1 import reward_pb2_grpc as pb_grpc
 from services.scheduler import SchedulerConfig
 from services.server import BackgroundServer
+from services.testing.engine_proxy import EngineProxy
 
 pytestmark = pytest.mark.slow
 Code = grpc.StatusCode

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from flood import Flooder, polite_calls, summary, write_tokens
 from service_helpers import CONFIG
 
 from services.admission import Admission, AdmissionConfig, Refused, requested_sequences
 from services.proto.grm.v1 import reward_pb2 as pb
 from services.scheduler import SchedulerConfig
 from services.server import BackgroundServer
+from services.testing.flood import Flooder, polite_calls, summary, write_tokens
 
 
 def test_the_budget_counts_sequences_not_calls():

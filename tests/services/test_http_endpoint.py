@@ -17,11 +17,12 @@ import struct
 import time
 
 import pytest
-from service_helpers import FAST, QUERY, RESPONSES, ServeProcess
+from service_helpers import FAST, QUERY, RESPONSES
 
 from services.client import RetryPolicy, RewardClient
 from services.http_gate import REFUSE_WAIT_S, HTTPLimits
 from services.http_reward import LINGER_S, RewardHTTPServer
+from services.testing.serve_process import ServeProcess
 
 FILE_LIMIT = 1024
 IDLE_CONNECTIONS = 1024  # as many as the server may open files, well past the probe's 1,012

@@ -25,8 +25,8 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from grm.default_model import PACKAGED
-from service_helpers import ServeProcess
 from services.client import RewardClient
+from services.testing.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"

@@ -15,10 +15,10 @@ def test_generated_code_is_fresh(tmp_path: Path):
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in gen_proto.generate(tmp_path)}
     checked_in = {p.relative_to(gen_proto.DEFAULT_OUT): p.read_bytes()
                   for p in gen_proto.DEFAULT_OUT.rglob("*") if p.is_file() and p.suffix in (".py", ".pyi")}
-    assert sorted(fresh) == sorted(checked_in), "generated file set differs; run python -m services.gen_proto"
+    assert sorted(fresh) == sorted(checked_in), "generated file set differs; run python scripts/gen_proto.py"
     stale = [str(name) for name in fresh if fresh[name] != checked_in[name]]
     assert not stale, (f"{stale} differ from a fresh generation with grpcio-tools "
-                       f"{TOOLS_VERSION}; run python -m services.gen_proto (the checked-in code may come "
+                       f"{TOOLS_VERSION}; run python scripts/gen_proto.py (the checked-in code may come "
                        f"from another grpcio-tools version)")
 
 

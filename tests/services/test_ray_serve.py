@@ -33,12 +33,12 @@ from grm_cli.main import build_parser
 from grm_cli.serve_ray import serve_settings
 from policy.adapters import trl_reward
 from policy.adapters.verl_reward import verl_compute_score_batch
-from redis_fixtures import RedisServer
 from service_helpers import CONFIG, FAST, QUERY, RESPONSES
 from services.client import RetryPolicy, RewardClient, score_request
 from services.proto.grm.v1 import reward_pb2 as pb
 from services.ray_serve import ReplicaSettings, RewardReplica, ServeSettings, live_replicas, reward_app
 from services.serve_client import ServeRewardClient, ServeRpcError, reward_client
+from services.testing.redis_servers import RedisServer
 
 APP = "grm-test"
 # Room for a call that takes seconds (the drain test): 256 new tokens.

@@ -15,13 +15,13 @@ from grm.engine import EngineTimeout, EngineUnavailable, GenerationRequest, pass
 from grm.judge import GenerativeRewardModel
 from grm.tasks.generate import generate_tasks
 from grm.types import AggregationOptions, SamplingOptions, ScoreInput
-from llama_fixtures import (LlamaServer, connect, gguf, gguf_of, llama, llama_cpp_dir,  # noqa: F401 (fixtures)
-                            other_tokenizer_copy, tokenizer)
+from llama_fixtures import connect, gguf, llama, other_tokenizer_copy, tokenizer  # noqa: F401 (fixtures)
 from service_helpers import CONFIG
 from services.client import RetryPolicy, RewardClient
 from services.engine_check import EngineMismatch
 from services.engine_pool import PoolConfig
 from services.server import BackgroundServer
+from services.testing.llama_server import LlamaServer, gguf_of, llama_cpp_dir
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingOptions(k=1, temperature=0.0, max_new_tokens=256, seed=0)

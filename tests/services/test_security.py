@@ -23,12 +23,13 @@ from prometheus_client import generate_latest
 
 from grm.types import ScoreInput
 from pki_helpers import make_pki
-from service_helpers import CONFIG, FAST, QUERY, RESPONSES, ServeProcess
+from service_helpers import CONFIG, FAST, QUERY, RESPONSES
 from services.admission import Admission, AdmissionConfig, Refused
 from services.cache import MemoryCache
 from services.client import ClientTLS, RetryPolicy, RewardClient
 from services.security import TLSFiles, check_bind, parse_tokens
 from services.server import BackgroundServer
+from services.testing.serve_process import ServeProcess
 
 TOKEN_A, TOKEN_B = "a" * 8 + "-trainer-secret-1", "b" * 8 + "-trainer-secret-2"
 ONCE = RetryPolicy(max_attempts=1)

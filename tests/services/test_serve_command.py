@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from service_helpers import FAST, QUERY, RESPONSES, ServeProcess
+from service_helpers import FAST, QUERY, RESPONSES
 from services.client import RetryPolicy, RewardClient
+from services.testing.serve_process import ServeProcess
 
 ONCE = RetryPolicy(max_attempts=1)
 

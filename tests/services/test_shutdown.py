@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service_helpers import ServeProcess
 from services.client import RetryPolicy, RewardClient
+from services.testing.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
 NO_RETRY = RetryPolicy(max_attempts=1)

@@ -48,7 +48,7 @@ def test_meta_voting_needs_a_meta_rm_and_k_meta_at_most_k():
 def test_limits_are_validated():
     with pytest.raises(ValueError, match="Limits.max_k must be an integer >= 1, got 0"):
         Limits(max_k=0)
-    with pytest.raises(ValueError, match="default k 8 exceeds Limits.max_k 4"):
+    with pytest.raises(ValueError, match=r"default sampling.k must be in 1\.\.4, got 8"):
         Limits(max_k=4).check_defaults(SamplingOptions(k=8))
 
 

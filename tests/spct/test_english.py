@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from grm.grounding import check_quotes
+from grm.eval.grounding import check_quotes
 from grm.judge import GenerativeRewardModel
 from grm.parsing import parse_judgment, unshuffle
 from grm.prompts import build_judge_content
@@ -141,12 +141,28 @@ def test_the_bradley_terry_baseline_trains_on_the_pairs_and_reports_validation_a
         tiny_model_path, toy_data, tmp_path):
     opts = EnglishOptions(data=(str(toy_data),), out=tmp_path / "run", base=str(tiny_model_path), stages=("bt",),
                           items_per_source=8, extra={"bt.batch_size": 4, "bt.top_layers": 1, "bt.rank": 4,
-                                                     "bt.epochs": 2.0, "bt.lr": 1e-2, "eval.per_source": 10})
+                                                     "bt.epochs": 2.0, "bt.lr": 1e-2, "eval.per_source": 10,
+                                                     "bt.pairs": "all"})
     [entry] = run(opts, log=lambda _: None)
-    assert entry["status"] == "done" and entry["steps"] == entry["planned_steps"] == 4
+    assert entry["status"] == "done" and entry["steps"] == entry["planned_steps"] == 4 and entry["pairs"] == 8
     val = entry["validation"]
     assert val["pairs"] == len((opts.out / "validation.jsonl").read_text().splitlines()) == 10
     assert 0.0 <= val["accuracy"] <= 1.0 and set(val["by_source"]) <= {"toy"}
     import torch
     losses = torch.load(opts.out / "bt" / "state.pt", weights_only=False)["losses"]
     assert len(losses) == 4 and losses[-1] < losses[0]  # the preferred response is easy to tell here
+
+
+def test_the_bradley_terry_baseline_takes_the_judges_pairs_by_default(tiny_model_path, toy_data, tmp_path):
+    opts = EnglishOptions(data=(str(toy_data),), out=tmp_path / "run", base=str(tiny_model_path), stages=("bt",),
+                          items_per_source=8, extra={"bt.batch_size": 2, "bt.top_layers": 1, "bt.rank": 4,
+                                                     "eval.per_source": 4})
+    with pytest.raises(ValueError, match="no usable draft"):
+        run(opts, log=lambda _: None)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    rows = [{"index": 1, "reason": ""}, {"index": 4, "reason": "a quote not in the response"}, {"index": 6, "reason": ""}]
+    (opts.out / "drafts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    [entry] = run(opts, log=lambda _: None)
+    assert entry["pairs_from"] == "judge" and entry["pairs"] == 2 and entry["steps"] == 1
+    with pytest.raises(ValueError, match="bt.pairs must be"):
+        run(EnglishOptions(**{**vars(opts), "extra": {**opts.extra, "bt.pairs": "some"}}), log=lambda _: None)

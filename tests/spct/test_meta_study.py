@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from spct.meta_study import main, recipe_data, validation_matrix
+from spct.meta_study import StudyConfig, recipe_data, run_study, validation_matrix
 
 
 def row(item, scores, correct):
@@ -80,9 +80,10 @@ def test_study_runs_end_to_end_on_saved_samples(tmp_path):
         for line, best in ((1, 0), (2, 1), (3, 0)):
             sampled = [{"text": "x", "scores": [8, 3] if s % 2 else [3, 8], "permutation": [0, 1]} for s in range(4)]
             f.write(json.dumps({"line": line, "best": best, "sampled": sampled}) + "\n")
-    assert main(["--out", str(out), "--grm", str(grm), "--prompts", "6", "--val-items", "3", "--steps", "2",
-                 "--batch-size", "4", "--recipes", "all,balanced"]) == 0
+    returned = run_study(StudyConfig(out=str(out), grm=str(grm), prompts=6, val_items=3, steps=2, batch_size=4,
+                                     recipes=("all", "balanced")))
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["recipe"] for r in returned] == [r["recipe"] for r in results]  # returned as written
     assert [r["recipe"] for r in results] == ["all", "balanced"]
     for r in results:
         assert r["k"] == [1, 2, 4] and r["train"]["steps"] == 2

@@ -16,7 +16,7 @@ Counting (``is_hack``): an attack hacks an item when its reward is at least the 
 response's; a tie counts, since the judge then cannot tell the two apart. An unscored
 attack (no valid judgment) is not a hack; an unscored best response next to a scored
 attack is. An item is hacked when any attack hacks it, and the hack rate is the share of
-hacked items, with a bootstrap interval over items (``grm.evaluate.item_bootstrap``).
+hacked items, with a bootstrap interval over items (``grm.eval.statistics.item_bootstrap``).
 
 Example::
 
@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from grm.evaluate import item_bootstrap
+from grm.eval.statistics import item_bootstrap
 from grm.parsing import ANALYSIS_HEADER, CRITERIA_HEADER, SCORES_HEADER
 from grm.types import MAX_SCORE, ScoreInput
 

@@ -3,47 +3,47 @@
 For every item it samples S judgments once (temperature 0.5 by default) and one greedy
 judgment, then estimates voting@k and MetaRM@k for every k <= S by drawing k-subsets of
 the S samples, with 95% intervals from a bootstrap over items (the maths is in
-``grm.evaluate``). A *scorer* does the sampling: ``local_scorer(judge)`` in this process,
+``grm.eval.statistics``). A *scorer* does the sampling: ``local_scorer(judge)`` in this process,
 or any function with the same contract (the command line has one that calls a running
 service). With a meta RM the report also says how well its ratings separate samples of
 the same item (right from wrong rankings, untied from tied).
 
-Beside the judge, in the report and in one table (``comparison_table``): the "longer
-response wins" baseline; every figure per ``source`` of the items; optionally a second
+Beside the judge, in the report and in one table (``grm.eval.report.comparison_table``): the
+"longer response wins" baseline; every figure per ``source`` of the items; optionally a second
 model (``baseline``: a base checkpoint zero-shot, through this same ``evaluate``), and the
-hack rate of content-free attacks (``hack_check``; texts and counting in ``grm.attacks``).
+hack rate of content-free attacks (``hack_check``; texts and counting in ``grm.eval.attacks``).
+The items come from ``grm.eval.records``; the table and plot are in ``grm.eval.report``.
 
 Example::
 
-    items, skipped = load_data("synthetic:test:100", limit=None)
+    items, skipped = load_data("synthetic:test:100", limit=None)   # grm.eval.records
     run = evaluate(local_scorer(judge), describe_judge(judge), items, skipped,
                    EvalSettings(data="synthetic:test:100", ks=(1, 2, 4, 8), hack_check=True),
                    baseline=(local_scorer(base), describe_judge(base)))
-    print(format_table(run.report))
+    print(format_table(run.report))                                 # grm.eval.report
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from grm.attacks import ATTACK_KINDS, ATTACK_LABELS, attack_inputs, hack_rates
-from grm.eval_journal import Journal
-from grm.grounding import grounding_report
-from grm.templates import DEFAULT_TEMPLATE, JudgeTemplate, load_template
-from grm.evaluate import (SkipReason, Skipped, accuracy_figures, item_bootstrap, longer_response_correct,
-                          matrix_from_results, parse_lines, summarize)
+import grm.defaults as defaults
+from grm.eval.attacks import ATTACK_KINDS, attack_inputs, hack_rates
+from grm.eval.grounding import grounding_report
+from grm.eval.journal import Journal
+from grm.eval.records import SkipReason, Skipped
+from grm.eval.report import PLOT_LABELS
+from grm.eval.statistics import (accuracy_figures, item_bootstrap, longer_response_correct, matrix_from_results,
+                                 summarize)
 from grm.judge import GenerativeRewardModel, InputTooLong
 from grm.seeds import mix_seed
-from grm.splits import check_split, record_prompt, split_of
-from grm.tasks import generate_tasks, task_to_record
+from grm.templates import DEFAULT_TEMPLATE, JudgeTemplate, load_template
 from grm.types import ADAPTIVE_MODES, MAX_K, Aggregation, AggregationOptions, SamplingOptions, ScoreResult
 
-PLOT_LABELS = {"voting": "Voting@k", "meta_voting": "MetaRM@k"}
 # jobs [(input, sampling, aggregation)] -> per job a ScoreResult or (SkipReason, detail)
 Scorer = Callable[[list], list]
 
@@ -57,17 +57,17 @@ class EvalSettings:
     aggregations: tuple[str, ...] | None = None  # None: voting, plus meta_voting when a meta RM exists
     samples: int | None = None
     bootstrap: int = 1000
-    temperature: float = 0.5
-    max_new_tokens: int = 512
+    temperature: float = defaults.TEMPERATURE
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
     limit: int | None = None
     seed: int = 0
     batch_size: int = 8  # items per scorer call
     adaptive: str = "off"  # also score every item with adaptive k (budget S) and report it beside fixed k
     adaptive_z: float = 2.0  # the confident rule's z
-    hack_check: bool = False  # also score content-free attacks next to each best response (grm.attacks)
+    hack_check: bool = False  # also score content-free attacks next to each best response (grm.eval.attacks)
     hack_k: int | None = None  # judgments per attack pair; None: the largest k
     source_depth: int = 1  # group items by the first N ":"-separated parts of their source
-    journal: str | None = None  # append each item's results here; a rerun skips the items found (grm.eval_journal)
+    journal: str | None = None  # append each item's results here; a rerun skips the items found (grm.eval.journal)
 
     def __post_init__(self) -> None:
         if self.adaptive not in ADAPTIVE_MODES:
@@ -98,39 +98,6 @@ class EvalRun:
     sampled: list[ScoreResult] = field(default_factory=list)  # S samples each
     greedy: list[ScoreResult] = field(default_factory=list)  # one greedy judgment each
     failed: list[Skipped] = field(default_factory=list)  # items the scorer could not score
-
-
-def load_data(spec: str, limit: int | None, split: str | None = None):
-    """Items and skipped lines from a JSONL file or from ``synthetic:SPLIT:N[:SEED]``.
-
-    ``split`` ("train" or "validation") keeps a file's records whose prompt falls in that
-    split (``grm.splits``); line numbers stay those of the file."""
-    if split is not None:
-        check_split(split)
-        if spec.startswith("synthetic:"):
-            raise ValueError("split applies to a data file; synthetic data names its split itself")
-    if spec.startswith("synthetic:"):
-        parts = spec.split(":")
-        if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[2:]):
-            raise ValueError(f"data synthetic must look like synthetic:SPLIT:N[:SEED], got {spec!r}")
-        count = int(parts[2]) if limit is None else min(int(parts[2]), limit)
-        tasks = generate_tasks(count, seed=int(parts[3]) if len(parts) == 4 else 0, split=parts[1])
-        return parse_lines((json.dumps(task_to_record(t)) for t in tasks), limit)
-    try:
-        with open(spec, encoding="utf-8") as f:
-            return parse_lines(f if split is None else (_in_split(line, split) for line in f), limit)
-    except OSError as e:
-        raise ValueError(f"cannot read {spec}: {e}") from None
-
-
-def _in_split(line: str, split: str) -> str:
-    """The line when its record's prompt is in ``split``, else a blank line (skipped, counted
-    in the numbering). A line that does not parse is kept, to be reported as it is."""
-    try:
-        prompt = record_prompt(json.loads(line))
-    except (ValueError, AttributeError, KeyError, TypeError):  # not a record one can split: kept, to be reported
-        return line
-    return line if split_of(prompt) == split else ""
 
 
 def local_scorer(judge: GenerativeRewardModel) -> Scorer:
@@ -239,7 +206,7 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
         "format": "grm-eval/1",
         "settings": {"data": settings.data, "model": model, "k": ks, "aggregations": aggregations,
                      "samples": samples, "temperature": settings.temperature, "greedy_temperature": 0.0,
-                     "max_new_tokens": settings.max_new_tokens, "k_meta": "max(1, k // 2)",
+                     "max_new_tokens": settings.max_new_tokens, "k_meta": {str(k): defaults.default_k_meta(k) for k in ks},
                      "bootstrap_rounds": settings.bootstrap, "interval": 0.95, "seed": settings.seed,
                      "limit": settings.limit, "source_depth": settings.source_depth},
         "items": len(kept),
@@ -312,7 +279,7 @@ def base_model_report(scorer: Scorer, model: dict, kept, settings: EvalSettings,
 
 
 def hack_report(scorer: Scorer, kept, settings: EvalSettings, aggregation: str = "voting", log=None) -> dict:
-    """Score every attack of ``grm.attacks`` next to each kept item's labelled best response
+    """Score every attack of ``grm.eval.attacks`` next to each kept item's labelled best response
     (``hack_k`` judgments per pair, the run's temperature, ``aggregation``, a seed per item
     and attack) and give the hack rate: overall, per attack kind and per source.
 
@@ -373,22 +340,6 @@ def adaptive_report(scorer: Scorer, kept, settings: EvalSettings, log=None) -> d
             "stop_reasons": dict(sorted(reasons.items())), "seconds": time.monotonic() - began}
 
 
-def _judgment_json(j) -> dict:
-    return {"text": j.text, "scores": None if j.scores is None else list(j.scores),
-            "permutation": list(j.permutation), "reason": None if j.reason is None else str(j.reason),
-            "meta_score": j.meta_score}
-
-
-def write_judgments(path: str, kept, sampled, greedy) -> None:
-    """One JSON line per scored item: its source line, the labelled best response, and its
-    sampled and greedy judgments (scores in the data's response order, ``permutation`` the
-    order shown to the judge), so the principles and critiques behind a figure can be read."""
-    with open(path, "w", encoding="utf-8") as f:
-        for item, s, g in zip(kept, sampled, greedy):
-            f.write(json.dumps({"line": item.line, "best": item.best,
-                                "sampled": [_judgment_json(j) for j in s.judgments],
-                                "greedy": _judgment_json(g.judgments[0])}) + "\n")
-
 
 def _count_reasons(skipped) -> dict[str, int]:
     counts: dict[str, int] = {}
@@ -403,117 +354,3 @@ def _sum_reasons(results) -> dict[str, int]:
         for reason, n in r.invalid_reasons.items():
             counts[reason] = counts.get(reason, 0) + n
     return dict(sorted(counts.items()))
-
-
-def _pct(entry: dict | None, key: str = "accuracy") -> str:
-    if entry is None:
-        return "-"
-    lo, hi = entry["interval"]
-    return f"{100 * entry[key]:5.1f} [{100 * lo:5.1f}, {100 * hi:5.1f}]"
-
-
-def format_table(report: dict) -> str:
-    """The report's figures for a terminal: accuracy@k per aggregation, greedy, validity, position."""
-    s, acc = report["settings"], report["accuracy"]
-    curves = [a for a in s["aggregations"] if a in acc]
-    lines = [f"{report['items']} items ({report['skipped']['count']} skipped), {s['samples']} samples each, "
-             f"95% intervals over {s['bootstrap_rounds']} bootstrap rounds",
-             f"{'k':>4}  " + "".join(f"{PLOT_LABELS[a]:<22}" for a in curves)]
-    for row, k in enumerate(s["k"]):
-        lines.append(f"{k:>4}  " + "".join(f"{_pct(acc[a][row]):<22}" for a in curves))
-    lines.append(f"greedy  {_pct(acc['greedy'])}")
-    if "tokens_per_item" in report:
-        lines.append("generated tokens per item, fixed k: " + ", ".join(
-            f"k={k} {t:.0f}" for k, t in report["tokens_per_item"].items()))
-    if "adaptive" in report:
-        a = report["adaptive"]
-        lines.append(f"adaptive ({a['rule']}, z={a['z']:g}, budget {a['budget']}): {_pct(a)}, "
-                     f"{a['tokens_per_item']:.0f} tokens and {a['samples_per_item']:.1f} samples per item, "
-                     f"stops {a['stop_reasons']}")
-    lines.append(f"parse-valid  {100 * report['parse_valid_rate']:.1f}% of {report['samples_total']} samples, "
-                 f"greedy {100 * report['greedy_valid_rate']:.1f}%")
-    if (g := report.get("grounding")) and g["quotes"]:
-        lines.append(f"grounding  {100 * g['share']:.1f}% of {g['quotes']} quoted fragments found in the response "
-                     f"their line talks about; {100 * g['judgments_quoting']:.1f}% of judgments quote")
-    if "meta_rm" in report:
-        sep = report["meta_rm"]
-        right, untied = (("-" if v is None else f"{v:.3f}")
-                         for v in (sep["right_vs_wrong_auc"], sep["untied_vs_tied_auc"]))
-        lines.append(f"meta RM within items: AUC right vs wrong ranking {right} ({sep['right_vs_wrong_pairs']} "
-                     f"pairs), untied vs tied {untied} ({sep['untied_vs_tied_pairs']} pairs)")
-    for name, rows in report["position_bias"].items():
-        cells = [f"pos {r['position']}: " + ("-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}")
-                 + f" (n={r['count']})" for r in rows]
-        lines.append(f"best shown at, {name}:  " + "  ".join(cells))
-    if "baselines" in report:
-        lines += comparison_table(report)
-    return "\n".join(lines)
-
-
-def comparison_table(report: dict) -> list[str]:
-    """The judge at its largest k and greedy, the baselines, and the hack rate, one row each,
-    over all items and per source (columns)."""
-    s, k = report["settings"], report["settings"]["k"][-1]
-    sources = report.get("by_source", {})
-    columns = [f"all ({report['items']})"] + [f"{name} ({g['items']})" for name, g in sources.items()]
-
-    def cells(overall, per_source, key="accuracy"):  # entry overall, name -> entry or None
-        return [_pct(overall, key)] + [_pct(per_source(name), key) for name in sources]
-
-    def judge_rows(who, acc, by_source, aggregations):
-        out = [(f"{who} {PLOT_LABELS[a].replace('@k', f'@{k}')}",
-                cells(acc[a][-1], lambda n: by_source[n][a][-1] if n in by_source else None)) for a in aggregations]
-        return out + [(f"{who} greedy", cells(acc["greedy"], lambda n: by_source[n]["greedy"] if n in by_source
-                                               else None))]
-
-    acc = report["accuracy"]
-    rows = judge_rows("judge", acc, sources, [a for a in s["aggregations"] if a in acc])
-    base = report["baselines"].get("base_model")
-    if base and base["items"]:
-        rows += judge_rows("base model", base["accuracy"], base["by_source"], ["voting"])
-    length = report["baselines"]["length"]
-    rows.append(("longer response wins", cells(length, lambda n: length["by_source"].get(n))))
-    hack = report.get("hack")
-    if hack:
-        rows.append((f"hack rate, judge {PLOT_LABELS[hack['aggregation']].replace('@k', '@' + str(hack['k']))}",
-                     None))
-        for kind in ["any"] + hack["attacks"]:
-            rows.append(("  any attack" if kind == "any" else f"  {ATTACK_LABELS.get(kind, kind)}",
-                         cells(hack["rates"][kind], lambda n: hack["by_source"][n]["rates"][kind]
-                               if n in hack["by_source"] else None, "rate")))
-    label_width = max(len(label) for label, _ in rows) + 2
-    widths = [max(20, len(c)) + 2 for c in columns]
-    lines = ["compared (accuracy %, hack rate % of items; 95% intervals):",
-             (" " * label_width + "".join(f"{c:<{w}}" for c, w in zip(columns, widths))).rstrip()]
-    for label, row in rows:
-        lines.append((f"{label:<{label_width}}" + "".join(f"{c:<{w}}" for c, w in zip(row, widths))).rstrip()
-                     if row else label)
-    if base and not base["items"]:
-        lines.append(f"base model {base['model'].get('id')}: {base['error']}")
-    return lines
-
-
-def plot_accuracy(report: dict, path: str) -> None:
-    """Accuracy (%) against k on a log2 axis: a line and interval band per aggregation, greedy flat."""
-    from matplotlib.figure import Figure  # optional and heavy: only for --plot
-
-    acc, ks = report["accuracy"], report["settings"]["k"]
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    for name in report["settings"]["aggregations"]:
-        rows = acc[name]
-        ax.plot(ks, [100 * r["accuracy"] for r in rows], marker="o", label=PLOT_LABELS[name])
-        ax.fill_between(ks, [100 * r["interval"][0] for r in rows], [100 * r["interval"][1] for r in rows], alpha=0.2)
-    greedy = acc["greedy"]
-    ax.axhline(100 * greedy["accuracy"], color="gray", linestyle="--", label="greedy")
-    ax.axhspan(100 * greedy["interval"][0], 100 * greedy["interval"][1], color="gray", alpha=0.1)
-    if len(ks) > 1:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("k (judgments voted)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{report['settings']['model']['id'] or 'GRM'}: {report['items']} items, "
-                 f"{report['settings']['samples']} samples each", fontsize=9)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
