@@ -10,6 +10,8 @@ per input), four ways, interleaved run by run so a shared machine slows them ali
 - ``engine-static``: the same engine decoding through ``grm.static_decode`` (on CUDA: a
   compiled step replayed as CUDA graphs);
 - ``engine-graphs``: the static loop with CUDA graphs but its step not compiled (CUDA only);
+- ``engine-compiled``: the static loop with its step compiled (the CUDA default; on a CPU
+  an option, compiled once per call shape; asked for by name only);
 - ``hf-eager``: ``model.generate(num_return_sequences=k)`` with its dynamic cache;
 - ``hf-static``: the same with ``cache_implementation="static"`` (on CUDA ``generate``
   compiles its forward for that cache by itself; on a CPU it runs eagerly).
@@ -54,7 +56,7 @@ SHAPES = {  # LlamaConfig fields of named models
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128, vocab_size=512, tie_word_embeddings=True),
 }
-VARIANTS = ("engine-eager", "engine-static", "engine-graphs", "hf-eager", "hf-static")
+VARIANTS = ("engine-eager", "engine-static", "engine-graphs", "engine-compiled", "hf-eager", "hf-static")
 TEMPERATURE = 0.7
 
 
@@ -66,7 +68,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cases", default="2x8", help="comma-separated INPUTSxK, e.g. 1x1,1x8,16x8")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "engine-compiled"),
+                   help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but engine-compiled, which on "
+                        "CUDA is what engine-static does and on a CPU compiles for minutes)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per variant, after one short warm-up")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--bandwidth-gbs", type=float, help="device read bandwidth, GB/s (default: measured)")
@@ -173,6 +177,7 @@ def bench_case(model, engines, prompts, k: int, args, floor_ms: float) -> dict[s
         "engine-eager": lambda m, c: run_engine(engines[False], prompts, k, m, c, every),
         "engine-static": lambda m, c: run_engine(engines[True], prompts, k, m, c, every),
         "engine-graphs": lambda m, c: run_engine(engines["graphs"], prompts, k, m, c, every),
+        "engine-compiled": lambda m, c: run_engine(engines["compiled"], prompts, k, m, c, every),
         "hf-eager": lambda m, c: run_hf(model, prompts, k, m, c, static=False),
         "hf-static": lambda m, c: run_hf(model, prompts, k, m, c, static=True),
     }
@@ -198,9 +203,10 @@ def bench_case(model, engines, prompts, k: int, args, floor_ms: float) -> dict[s
                            if base in tps and base != v)
         print(f"  {v:14s} {tps[v]:8.1f} tokens/s  {m['ms_step']:8.2f} ms/step  wall {m['wall']:7.2f} s  "
               f"floor {floor_ms / m['ms_step']:.3f}  {ratios}")
-    for name, engine in (("engine-static", engines[True]), ("engine-graphs", engines["graphs"])):
+    for name, engine in (("engine-static", engines[True]), ("engine-graphs", engines["graphs"]),
+                         ("engine-compiled", engines["compiled"])):
         static = engine._static
-        if static is not None and static.device.type == "cuda" and name in args.variants:
+        if static is not None and name in args.variants and (static.device.type == "cuda" or static.compile_error):
             print(f"  {name} CUDA graphs: {'on' if static.graphs else 'off: ' + str(static.capture_error)}; "
                   f"compiled step: {'on' if static.compile_step else 'off' + (': ' + static.compile_error if static.compile_error else '')}")
     return med
@@ -217,6 +223,8 @@ def main() -> int:
                                           static_decode=static) for static in (False, True)}
     engines["graphs"] = TransformersEngine(model, tokenizer, model_id=args.shape, eos_token_ids=set())
     engines["graphs"]._static = StaticDecoder(model, check_every=4, compile_step=False)
+    engines["compiled"] = TransformersEngine(model, tokenizer, model_id=args.shape, eos_token_ids=set())
+    engines["compiled"]._static = StaticDecoder(model, check_every=4, compile_step=True)
     bandwidth = args.bandwidth_gbs * 1e9 if args.bandwidth_gbs else read_bandwidth(device)
     floor_ms = 1000 * step_bytes(model) / bandwidth
     print(f"{args.shape} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, {dtype}) on {device}, "
