@@ -8,7 +8,12 @@ The stages, in order (``grm train-english --out DIR`` runs those not yet done):
 2. ``sft``: LoRA fine-tuning on the assembled judgments, both response orders of every
    pair (``spct.lora_sft``); writes the adapter to ``sft/``, resuming from its last saved
    step;
-3. ``bt``: the scalar baseline users would otherwise train, a Bradley-Terry reward model on
+3. ``rft``: rejective fine-tuning from the SFT adapter (``spct.rft``): the SFT judge samples
+   judgments on training pairs it was not fine-tuned on (appended to ``rft-samples.jsonl``
+   as they come); those that put the labelled answer strictly on top and whose quotes are
+   all found in the answers they name are trained on (pairs where every sample was right
+   are dropped as too easy); writes ``rft-adapter/``;
+4. ``bt``: the scalar baseline users would otherwise train, a Bradley-Terry reward model on
    the same base (``spct.bt_rm``), with its validation accuracy. By default it is fit on the
    very pairs the judge was fine-tuned on (those with a usable draft); ``--set
    bt.pairs=all`` takes every training pair instead.
@@ -37,11 +42,13 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from grm.eval.grounding import check_quotes
 from grm.eval.splits import record_prompt, split_of
 from grm.eval.statistics import item_bootstrap
-from grm.judge import save_template
+from grm.judge import GenerativeRewardModel, save_template
 from grm.lora import ADAPTER_CONFIG
 from grm.pretrained import resolve_model
+from grm.prompts import shown_response
 from grm.seeds import mix_seed
 from grm.templates import JudgeTemplate, load_template
 from grm.transformers_engine import TransformersEngine
@@ -49,10 +56,12 @@ from spct.bt_rm import bt_correct, pair_ids, train_bt
 from spct.cold_start import draft_from_json, draft_pieces, draft_scores, judgment_text
 from spct.data import LabeledItem, load_preference_splits, make_example, record_item
 from spct.lora_sft import LoraSettings, add_lora, train_lora
+from spct.rft import Trajectory, rft_filter, sample_groups
 
-STAGES = ("draft", "sft", "bt")
+STAGES = ("draft", "sft", "rft", "bt")
 ENGLISH_TEMPLATE = "grm-english-v1"
 DRAFT_CHUNK = 32  # items per engine call: 3 generations each, so 96 rows in flight
+RFT_CHUNK = 32  # pairs per judge call while sampling for RFT (x samples rows)
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,94 @@ def sft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
             "settings": {k: v for k, v in vars(settings).items()}, **figures}
 
 
+def rft_sample(opts: EnglishOptions, items: list[LabeledItem], pool: list[int], settings: dict, deadline: float,
+               log=print) -> dict:
+    """Sample the SFT judge on the ``pool`` pairs not yet in rft-samples.jsonl, until ``deadline``."""
+    path = opts.out / "rft-samples.jsonl"
+    done = {row["index"] for row in read_jsonl(path)}
+    todo = [i for i in pool if i not in done]
+    began, judgments = time.monotonic(), 0
+    if not todo:
+        return {}
+    judge = GenerativeRewardModel.load(str(opts.out / "sft-adapter"))
+    with open(path, "a", encoding="utf-8") as f:
+        for start in range(0, len(todo), RFT_CHUNK):
+            if time.monotonic() > deadline:
+                break
+            chunk = todo[start:start + RFT_CHUNK]
+            groups = sample_groups(judge, [items[i] for i in chunk], k=settings["samples"],
+                                   temperature=settings["temperature"], max_new_tokens=settings["max_new_tokens"],
+                                   seed=mix_seed("english-rft", opts.seed, chunk[0]), batch_size=len(chunk))
+            for index, group in zip(chunk, groups):
+                labeled = items[index]
+                shown = [shown_response(judge.template, r) for r in labeled.item.responses]
+                context = " ".join(m.content for m in labeled.item.conversation)
+                samples = []
+                for t in group:
+                    quotes = check_quotes(t.text, [shown[i] for i in t.permutation], context)
+                    samples.append({"permutation": list(t.permutation), "text": t.text, "correct": t.correct,
+                                    "scored": t.scores is not None, "quotes": quotes.total,
+                                    "grounded": quotes.grounded})
+                f.write(json.dumps({"index": index, "samples": samples}) + "\n")
+            f.flush()
+            judgments += sum(len(g) for g in groups)
+            log(f"rft: sampled {len(done) + start + len(chunk)}/{len(pool)} pairs, "
+                f"{judgments / (time.monotonic() - began):.2f} judgments/s")
+    return {"judgments": judgments, "wall_s": round(time.monotonic() - began, 1)}
+
+
+def rft_keep(rows: list[dict]) -> tuple[list[tuple[int, dict]], dict]:
+    """The paper's rejection rule on sampled rows, plus grounding: per pair, if every sample
+    ranks the labelled answer on top the pair is dropped (too easy); otherwise its samples that
+    do, and that quote at least once and only what the named answers say, are kept."""
+    groups, sample_of = [], {}  # sample_of: trajectory -> its sample (equal trajectories, equal samples)
+    for row in rows:
+        groups.append([Trajectory(row["index"], tuple(s["permutation"]), s["text"], (0,) if s["scored"] else None,
+                                  s["correct"]) for s in row["samples"]])
+        sample_of.update(zip(groups[-1], row["samples"]))
+    kept, stats = rft_filter(groups)
+    grounded = [(t.item, sample_of[t]) for t in kept if 0 < sample_of[t]["grounded"] == sample_of[t]["quotes"]]
+    return grounded, {**stats, "kept": len(grounded), "dropped_ungrounded": len(kept) - len(grounded)}
+
+
+def rft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
+    """Sample, filter, then LoRA-train from the SFT adapter; writes ``rft-adapter/`` when done."""
+    folder, sft = opts.out / "rft-adapter", opts.out / "sft-adapter"
+    if folder.exists():
+        return {"stage": "rft", "status": "done", "adapter": folder.name}
+    if not sft.exists():
+        raise ValueError(f"{sft}: the rft stage starts from the SFT adapter; run the sft stage first")
+    extra = stage_settings(opts, "rft")
+    sampling = {"pairs": int(extra.pop("pairs", 320)), "samples": int(extra.pop("samples", 4)),
+                "temperature": float(extra.pop("temperature", 1.0)),
+                "max_new_tokens": int(extra.pop("max_new_tokens", 176))}
+    settings = LoraSettings(seed=opts.seed, **{"epochs": 1.0, **extra})
+    deadline = time.monotonic() + opts.stage_minutes * 60
+    used = {row["index"] for row in read_jsonl(opts.out / "drafts.jsonl") if not row["reason"]}
+    pool = [i for i in range(len(items)) if i not in used and len(items[i].item.responses) == 2][:sampling["pairs"]]
+    this_run = rft_sample(opts, items, pool, sampling, deadline, log)
+    rows = [row for row in read_jsonl(opts.out / "rft-samples.jsonl") if row["index"] in set(pool)]
+    entry = {"stage": "rft", "pairs": len(rows), "sampling": sampling, "this_run": this_run}
+    if len(rows) < len(pool):
+        return {**entry, "status": "partial"}
+    kept, stats = rft_keep(rows)
+    entry["filter"] = stats
+    if not kept:
+        return {**entry, "status": "done", "adapter": None}  # nothing passed the filter: no adapter
+    base = resolve_model(opts.base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    examples = [make_example(tokenizer, template, items[i].item, s["permutation"], s["text"]) for i, s in kept]
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(sft),
+                                      is_trainable=True)
+    figures = train_lora(model, examples, settings, opts.out / "rft", max(1.0, deadline - time.monotonic()), log)
+    done = figures["steps"] >= figures["planned_steps"]
+    if done:
+        save_adapter(model, folder, opts.base, template)
+    return {**entry, "status": "done" if done else "partial", "examples": len(examples),
+            "settings": vars(settings), **figures}
+
+
 def validation_records(paths: Sequence[str], per_source: int, seed: int) -> list[str]:
     """Up to ``per_source`` validation-split lines of each file (a seeded sample, each file's
     order kept), interleaved one file after another, so an evaluation cut short has seen
@@ -279,6 +376,8 @@ def run(opts: EnglishOptions, log=print) -> list[dict]:
             entry = draft_stage(opts, template, items, log)
         elif stage == "sft":
             entry = sft_stage(opts, template, items, log)
+        elif stage == "rft":
+            entry = rft_stage(opts, template, items, log)
         else:
             entry = bt_stage(opts, template, items, log)
         append_report(opts.out, entry)

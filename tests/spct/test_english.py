@@ -19,7 +19,7 @@ from grm.templates import load_template
 from grm.types import ScoreInput
 from spct.cold_start import (Draft, draft_scores, first_words, judgment_text, read_critique,
                              read_principles)
-from spct.english import EnglishOptions, read_jsonl, run
+from spct.english import EnglishOptions, read_jsonl, rft_keep, run, training_items
 
 TEMPLATE = load_template("grm-english-v1")
 
@@ -166,3 +166,59 @@ def test_the_bradley_terry_baseline_takes_the_judges_pairs_by_default(tiny_model
     assert entry["pairs_from"] == "judge" and entry["pairs"] == 2 and entry["steps"] == 1
     with pytest.raises(ValueError, match="bt.pairs must be"):
         run(EnglishOptions(**{**vars(opts), "extra": {**opts.extra, "bt.pairs": "some"}}), log=lambda _: None)
+
+
+def _sample(text: str, correct: bool, quotes: int = 2, grounded: int = 2) -> dict:
+    return {"permutation": [0, 1], "text": text, "correct": correct, "scored": True, "quotes": quotes,
+            "grounded": grounded}
+
+
+def test_rft_keeps_right_and_grounded_samples_of_pairs_the_judge_does_not_always_get_right():
+    rows = [{"index": 3, "samples": [_sample("a", True), _sample("b", True)]},  # all right: too easy
+            {"index": 4, "samples": [_sample("c", True), _sample("d", False), _sample("e", True, 2, 1)]},
+            {"index": 5, "samples": [_sample("f", False), _sample("g", True, 0, 0)]}]  # g quotes nothing
+    kept, stats = rft_keep(rows)
+    assert [(i, s["text"]) for i, s in kept] == [(4, "c")]
+    assert stats["dropped_all_correct"] == 1 and stats["dropped_ungrounded"] == 2 and stats["kept"] == 1
+    assert stats["samples"] == 7 and stats["prompts"] == 3
+
+
+def test_rft_samples_pairs_the_sft_judge_did_not_see_then_trains_from_its_adapter(tiny_model_path, toy_data,
+                                                                                tmp_path):
+    out = tmp_path / "run"
+    _write_drafts(out, 4)  # pairs 0-3 are the SFT's; RFT samples from 4 on
+    tiny = {"batch_size": 2, "top_layers": 1, "rank": 4}
+    opts = EnglishOptions(data=(str(toy_data),), out=out, base=str(tiny_model_path), stages=("sft", "rft"),
+                          items_per_source=8, extra={**{f"sft.{k}": v for k, v in tiny.items()},
+                                                     **{f"rft.{k}": v for k, v in tiny.items()},
+                                                     "sft.epochs": 1.0, "rft.pairs": 3, "rft.samples": 2,
+                                                     "rft.max_new_tokens": 6})
+    with pytest.raises(ValueError, match="run the sft stage first"):
+        run(EnglishOptions(**{**vars(opts), "stages": ("rft",)}), log=lambda _: None)
+    _, first = run(opts, log=lambda _: None)
+    rows = read_jsonl(out / "rft-samples.jsonl")
+    assert sorted(r["index"] for r in rows) == [4, 5, 6] and all(len(r["samples"]) == 2 for r in rows)
+    assert first["this_run"]["judgments"] == 6 and first["filter"]["samples"] == 6
+    # The tiny model writes no valid judgment, so nothing is kept and no adapter is made.
+    assert first["status"] == "done" and first["adapter"] is None and not (out / "rft-adapter").exists()
+
+    # Judgments that rank the labelled answer first and quote it, written in place of the samples:
+    items = training_items(opts.data, 8, opts.seed)
+    rng = random.Random(0)
+    rows = []
+    for index in (4, 5, 6):
+        labeled = items[index]
+        draft = Draft(("A good answer keeps the plant alive.",),
+                      ("The answer gives a clear rule.", "The answer gives a clear rule."),
+                      tuple(first_words(r) for r in labeled.item.responses))
+        scores = draft_scores(labeled.best, 2, rng)
+        rows.append({"index": index, "samples": [_sample(judgment_text(draft, (0, 1), scores, rng), True),
+                                                 _sample("no judgment", False, 0, 0)]})
+    (out / "rft-samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    [second] = run(EnglishOptions(**{**vars(opts), "stages": ("rft",)}), log=lambda _: None)
+    assert second["this_run"] == {} and second["filter"]["kept"] == 3 and second["examples"] == 3
+    assert second["status"] == "done" and second["steps"] == second["planned_steps"] == 2
+    judge = GenerativeRewardModel.load(str(out / "rft-adapter"))
+    assert judge.template.version == "grm-english-v1"
+    [third] = run(EnglishOptions(**{**vars(opts), "stages": ("rft",)}), log=lambda _: None)
+    assert third == {"stage": "rft", "status": "done", "adapter": "rft-adapter"}
