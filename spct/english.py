@@ -278,7 +278,8 @@ def rft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
     used = {row["index"] for row in read_jsonl(opts.out / "drafts.jsonl") if not row["reason"]}
     pool = [i for i in range(len(items)) if i not in used and len(items[i].item.responses) == 2][:sampling["pairs"]]
     this_run = rft_sample(opts, items, pool, sampling, deadline, log)
-    rows = [row for row in read_jsonl(opts.out / "rft-samples.jsonl") if row["index"] in set(pool)]
+    wanted = set(pool)
+    rows = [row for row in read_jsonl(opts.out / "rft-samples.jsonl") if row["index"] in wanted]
     entry = {"stage": "rft", "pairs": len(rows), "sampling": sampling, "this_run": this_run}
     if len(rows) < len(pool):
         return {**entry, "status": "partial"}
