@@ -16,10 +16,11 @@ prompt's keys n times per step. This loop instead:
 - samples inside the step, and looks at the tokens on the host only every
   ``check_every`` steps (EOS, budgets, and the requests' ``wanted``).
 
-On CUDA the step is compiled with ``torch.compile`` (Inductor fuses the norms, RoPE,
-softmax and sampling into a few kernels: a small model's step is otherwise hundreds of
-tiny kernel launches), then captured once per shape bucket in a CUDA graph and replayed
-(rows, prompt width and budget are rounded up to buckets so calls share graphs). Compiling
+On CUDA the step's forward is compiled with ``torch.compile`` (Inductor fuses the norms,
+RoPE and softmax into a few kernels: a small model's step is otherwise hundreds of tiny
+kernel launches; sampling after it runs eagerly), then the whole step is captured once
+per shape bucket in a CUDA graph and replayed (rows, prompt width and budget are rounded
+up to buckets so calls share graphs). Compiling
 takes tens of seconds per bucket, once per process; a step that fails to compile or to
 capture runs eagerly instead, and ``compile_error`` / ``capture_error`` say why. On a CPU it
 runs eagerly, with every linear layer's weight kept a second time in oneDNN's packed
@@ -265,19 +266,25 @@ class StaticDecoder:
 
     def _step(self, b: _Buffers) -> None:
         """Feed ``b.tokens``, sample the next ones into ``b.out[:, step]``, advance in place."""
+        logits = None
         if self.compile_step:
             if self._compiled is None:
-                self._compiled = torch.compile(self._step_body, dynamic=False)
+                self._compiled = torch.compile(self._logits, dynamic=False)
             try:
                 with torch.no_grad():
-                    return self._compiled(b)
+                    logits = self._compiled(b)
             except Exception as error:  # noqa: BLE001 - any compiler failure: the eager step is the same step
                 self.compile_step, self.compile_error = False, f"{type(error).__name__}: {error}"[:500]
                 self.pack = self.can_pack  # from the next call on
         with torch.inference_mode():
-            self._step_body(b)
+            if logits is None:
+                logits = self._logits(b)
+            self._advance(b, logits)
 
-    def _step_body(self, b: _Buffers) -> None:
+    def _logits(self, b: _Buffers) -> torch.Tensor:
+        """The forward of one step: ``[N, V]`` float32 logits of the next token, every layer's
+        keys and values written in place. This is the part that is compiled; sampling stays
+        eager (its float64 cumulative sums over a large vocabulary are what Inductor failed on)."""
         h = self.embed(b.tokens[:, None])[:, 0]  # [N, hidden] (fed as [N, 1], as a forward feeds it)
         cos, sin = self.rotary(h, b.positions[:, None])  # [N, 1, D]
         own_bias = torch.where(torch.arange(b.out.shape[1], device=self.device) <= b.step, 0.0, float("-inf"))
@@ -288,7 +295,10 @@ class StaticDecoder:
             h = h + x
             x, mlp = layer.post_attention_layernorm(h), layer.mlp
             h = h + self._linear(mlp.down_proj, mlp.act_fn(self._linear(mlp.gate_proj, x)) * self._linear(mlp.up_proj, x))
-        logits = self._linear(self.model.lm_head, self.norm(h)).float()  # [N, V]
+        return self._linear(self.model.lm_head, self.norm(h)).float()
+
+    def _advance(self, b: _Buffers, logits: torch.Tensor) -> None:
+        """Sample each row's token from ``logits`` and move every row one step on, in place."""
         token = sample(logits, b.temperature, b.top_p, b.uniforms.index_select(1, b.step).squeeze(1))
         b.out.index_copy_(1, b.step, token[:, None])
         b.tokens.copy_(token)
