@@ -20,9 +20,9 @@ On CUDA the step's forward is compiled with ``torch.compile`` (Inductor fuses th
 RoPE and softmax into a few kernels: a small model's step is otherwise hundreds of tiny
 kernel launches; sampling after it runs eagerly), then the whole step is captured once
 per shape bucket in a CUDA graph and replayed (rows, prompt width and budget are rounded
-up to buckets so calls share graphs). Compiling
-takes tens of seconds per bucket, once per process; a step that fails to compile or to
-capture runs eagerly instead, and ``compile_error`` / ``capture_error`` say why. On a CPU it
+up to buckets so calls share graphs). Compiling takes tens of seconds per bucket, once per
+process; a step that fails to compile or to capture runs eagerly instead, and
+``compile_error`` / ``capture_error`` say why. On a CPU it
 runs eagerly, with every linear layer's weight kept a second time in oneDNN's packed
 layout: with few rows a matrix product is then about twice as fast (measured at 16 rows,
 SmolLM2-135M's shapes), for one more copy of the weights in memory, repacked whenever
