@@ -17,7 +17,7 @@ from pathlib import Path
 from spct.english import ENGLISH_TEMPLATE, STAGES, EnglishOptions, run as run_stages
 
 NAME = "train-english"
-HELP = "train the English judge (cold start drafts, LoRA SFT, Bradley-Terry baseline), resumable"
+HELP = "train the English judge (cold-start drafts, LoRA SFT, RFT, hardening, Bradley-Terry baseline), resumable"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

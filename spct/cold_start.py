@@ -18,6 +18,9 @@ the preferred response is higher by at least 2. Both response orders of a pair b
 training examples (against position bias). The label decides the scores: nothing here
 needs a stronger judge.
 
+A pair dropped for a missing or ungrounded piece can be drafted again (``previous``): only
+the pieces that failed are drawn anew, with fresh seeds, and the rest are kept.
+
 Example::
 
     drafts = draft_pieces(engine, items, seed=0)          # one Draft per item (ok or with a reason)
@@ -143,36 +146,63 @@ def first_words(shown: str, limit: int = QUOTE_WORDS) -> str:
 
 
 def draft_pieces(engine, template: JudgeTemplate, items: Sequence[LabeledItem], seed: int,
-                 indices: Sequence[int] | None = None) -> list[Draft]:
-    """Draft principles and critiques for every item in one engine call (wide batches)."""
+                 indices: Sequence[int] | None = None, previous: Sequence[Draft] | None = None,
+                 attempt: int = 0) -> list[Draft]:
+    """Draft principles and critiques for every item in one engine call (wide batches).
+
+    With ``previous`` (an earlier, rejected draft per item) only its failed pieces are drawn
+    again, with seeds of their own for ``attempt`` (>= 1); the pieces that passed are kept."""
     tok = engine.tokenizer
     indices = list(indices) if indices is not None else list(range(len(items)))
-    requests = []
-    for index, lab in zip(indices, items):
+    previous = list(previous) if previous is not None else [None] * len(items)
+    again = (attempt,) if attempt else ()
+    requests, plans = [], []
+    for index, lab, before in zip(indices, items, previous):
         item = lab.item
-        requests.append(GenerationRequest(_chat_prompt(tok, principle_prompt(template, item), PRINCIPLE_START),
-                                          temperature=DRAFT_TEMPERATURE, max_new_tokens=PRINCIPLE_TOKENS,
-                                          seed=mix_seed("cold-start", seed, index, "principles")))
-        for r, response in enumerate(item.responses):
-            prompt = critique_prompt(template, item, response, preferred=r == lab.best)
+        principles, critiques = _pieces_to_draft(template, item, before)
+        plans.append((principles, critiques))
+        if principles:
+            requests.append(GenerationRequest(_chat_prompt(tok, principle_prompt(template, item), PRINCIPLE_START),
+                                              temperature=DRAFT_TEMPERATURE, max_new_tokens=PRINCIPLE_TOKENS,
+                                              seed=mix_seed("cold-start", seed, index, "principles", *again)))
+        for r in critiques:
+            prompt = critique_prompt(template, item, item.responses[r], preferred=r == lab.best)
             requests.append(GenerationRequest(_chat_prompt(tok, prompt, CRITIQUE_START),
                                               temperature=DRAFT_TEMPERATURE, max_new_tokens=CRITIQUE_TOKENS,
-                                              seed=mix_seed("cold-start", seed, index, "critique", r)))
-    out = iter(engine.generate(requests))
-    return [_assemble_draft(template, lab.item, next(out)[0], [next(out)[0] for _ in lab.item.responses])
-            for lab in items]
+                                              seed=mix_seed("cold-start", seed, index, "critique", r, *again)))
+    out = iter(engine.generate(requests) if requests else [])
+    drafts = []
+    for lab, before, (principles, critiques) in zip(items, previous, plans):
+        tokens = before.tokens if before is not None else 0
+        found = list(before.principles) if before is not None else []
+        lines = list(before.critiques) if before is not None else [""] * len(lab.item.responses)
+        if principles:
+            generated = next(out)[0]
+            found, tokens = read_principles(generated.text), tokens + len(generated.token_ids)
+        for r in critiques:
+            generated = next(out)[0]
+            lines[r], tokens = read_critique(generated.text), tokens + len(generated.token_ids)
+        drafts.append(_assemble_draft(template, lab.item, found, lines, tokens))
+    return drafts
 
 
-def _assemble_draft(template: JudgeTemplate, item: ScoreInput, principles, critiques) -> Draft:
-    tokens = len(principles.token_ids) + sum(len(c.token_ids) for c in critiques)
+def _pieces_to_draft(template: JudgeTemplate, item: ScoreInput, before: Draft | None) -> tuple[bool, list[int]]:
+    """Whether the principles, and which responses' critiques, still need drafting."""
+    if before is None:
+        return True, list(range(len(item.responses)))
+    shown = [shown_response(template, r) for r in item.responses]
+    return not before.principles, [r for r, (line, text) in enumerate(zip(before.critiques, shown))
+                                   if not line or not _grounded(line, text)]
+
+
+def _assemble_draft(template: JudgeTemplate, item: ScoreInput, found: Sequence[str],
+                    lines: Sequence[str | None], tokens: int) -> Draft:
     shown = [shown_response(template, r) for r in item.responses]
     quotes = tuple(first_words(s) for s in shown)
-    found = read_principles(principles.text)
-    lines = [read_critique(c.text) for c in critiques]
     reason = ""
     if not found:
         reason = "no_principles"
-    elif any(line is None for line in lines):
+    elif any(not line for line in lines):
         reason = "no_critique"
     elif not all(_grounded(line, s) for line, s in zip(lines, shown)):
         reason = "ungrounded_quote"

@@ -164,3 +164,16 @@ def train_items(budget, seed: int) -> list[LabeledItem]:
     return items_from_tasks(generate_tasks(budget.train_tasks, seed, "train")
                             + generate_tasks(budget.train_tasks * 15 // 100, seed, "train", num_responses=3)
                             + generate_tasks(budget.train_tasks * 7 // 100, seed, "train", num_responses=1))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete line of a JSONL file (a line cut by a crash mid-write is left out)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

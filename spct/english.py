@@ -4,7 +4,8 @@ The stages, in order (``grm train-english --out DIR`` runs those not yet done):
 
 1. ``draft``: the teacher-free cold start (``spct.cold_start``): principles and critique
    sentences drafted by the base model for labelled training pairs, filtered, appended to
-   ``drafts.jsonl`` as they come (a rerun skips the pairs already drafted);
+   ``drafts.jsonl`` as they come (``spct.drafting``: a rerun skips the pairs already drafted,
+   and a pair whose principles or critique failed is drafted again, its failed pieces only);
 2. ``sft``: LoRA fine-tuning on the assembled judgments, both response orders of every
    pair (``spct.lora_sft``); writes the adapter to ``sft/``, resuming from its last saved
    step;
@@ -13,7 +14,10 @@ The stages, in order (``grm train-english --out DIR`` runs those not yet done):
    as they come); those that put the labelled answer strictly on top and whose quotes are
    all found in the answers they name are trained on (pairs where every sample was right
    are dropped as too easy); writes ``rft-adapter/``;
-4. ``bt``: the scalar baseline users would otherwise train, a Bradley-Terry reward model on
+4. ``harden``: from the RFT adapter, its kept judgments again plus pairs that put a training
+   pair's best response beside a content-free answer scored low (``spct.harden``), against
+   rewarding non-answers; writes ``harden-adapter/``;
+5. ``bt``: the scalar baseline users would otherwise train, a Bradley-Terry reward model on
    the same base (``spct.bt_rm``), with its validation accuracy. By default it is fit on the
    very pairs the judge was fine-tuned on (those with a usable draft); ``--set
    bt.pairs=all`` takes every training pair instead.
@@ -31,7 +35,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,22 +48,21 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from grm.eval.grounding import check_quotes
 from grm.eval.splits import record_prompt, split_of
 from grm.eval.statistics import item_bootstrap
-from grm.judge import GenerativeRewardModel, save_template
-from grm.lora import ADAPTER_CONFIG
+from grm.judge import GenerativeRewardModel
 from grm.pretrained import resolve_model
 from grm.prompts import shown_response
 from grm.seeds import mix_seed
 from grm.templates import JudgeTemplate, load_template
-from grm.transformers_engine import TransformersEngine
 from spct.bt_rm import bt_correct, pair_ids, train_bt
-from spct.cold_start import draft_from_json, draft_pieces, draft_scores, judgment_text
-from spct.data import LabeledItem, load_preference_splits, make_example, record_item
-from spct.lora_sft import LoraSettings, add_lora, train_lora
+from spct.cold_start import draft_from_json, draft_scores, judgment_text
+from spct.data import LabeledItem, load_preference_splits, make_example, read_jsonl, record_item
+from spct.drafting import draft_stage, read_drafts
+from spct.harden import hardening_examples
+from spct.lora_sft import LoraSettings, add_lora, save_adapter, train_lora
 from spct.rft import Trajectory, rft_filter, sample_groups
 
-STAGES = ("draft", "sft", "rft", "bt")
+STAGES = ("draft", "sft", "rft", "harden", "bt")
 ENGLISH_TEMPLATE = "grm-english-v1"
-DRAFT_CHUNK = 32  # items per engine call: 3 generations each, so 96 rows in flight
 RFT_CHUNK = 32  # pairs per judge call while sampling for RFT (x samples rows)
 
 
@@ -107,53 +109,6 @@ def append_report(out: Path, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete line of a JSONL file (a line cut by a crash mid-write is left out)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def draft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
-    """Draft the cold-start pieces for ``items``, appending to drafts.jsonl; resumes by index."""
-
-    path = opts.out / "drafts.jsonl"
-    done = {row["index"] for row in read_jsonl(path)}
-    # Similar lengths share an engine call (its prompts are padded to the longest one); sorted
-    # within windows of 8 calls, so a stage cut short has drafted every kind of pair.
-    todo = [i for i in range(len(items)) if i not in done]
-    window = 8 * DRAFT_CHUNK
-    todo = [i for w in range(0, len(todo), window) for i in sorted(todo[w:w + window], key=lambda i: _chars(items[i]))]
-    if not todo:
-        return {"stage": "draft", "status": "done", "drafted": len(done)}
-    engine = TransformersEngine.load(resolve_model(opts.base))
-    began, tokens, drafted, deadline = time.monotonic(), 0, 0, time.monotonic() + opts.stage_minutes * 60
-    with open(path, "a", encoding="utf-8") as f:
-        for start in range(0, len(todo), DRAFT_CHUNK):
-            if time.monotonic() > deadline:
-                break
-            chunk = todo[start:start + DRAFT_CHUNK]
-            drafts = draft_pieces(engine, template, [items[i] for i in chunk], opts.seed, indices=chunk)
-            for index, draft in zip(chunk, drafts):
-                f.write(json.dumps({"index": index, **draft.to_json()}) + "\n")
-            f.flush()
-            tokens += sum(d.tokens for d in drafts)
-            drafted += len(chunk)
-            log(f"draft: {len(done) + drafted}/{len(items)} pairs, {tokens / (time.monotonic() - began):.1f} tokens/s")
-    rows = read_jsonl(path)
-    return {"stage": "draft", "status": "done" if len(rows) >= len(items) else "partial",
-            "drafted": len(rows), "usable": sum(1 for r in rows if not r["reason"]),
-            "this_run": {"pairs": drafted, "generated_tokens": tokens,
-                         "prefill_tokens": engine.stats["prefill_tokens"],
-                         "wall_s": round(time.monotonic() - began, 1)}}
-
-
 def stage_settings(opts: EnglishOptions, stage: str) -> dict:
     """``--set STAGE.KEY=VALUE`` settings of one stage, as keyword arguments."""
     prefix = stage + "."
@@ -175,21 +130,6 @@ def sft_examples(tokenizer, template: JudgeTemplate, items: list[LabeledItem], r
     return examples
 
 
-def save_adapter(model, folder: Path, base: str, template: JudgeTemplate) -> Path:
-    """Write a PEFT adapter that names its base by ``base`` (a short name travels; a path does not)."""
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp)
-    config = json.loads((tmp / ADAPTER_CONFIG).read_text())
-    config["base_model_name_or_path"] = base
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    save_template(template, tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
-
-
 def sft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
     """LoRA SFT on the drafted judgments; writes the adapter to ``sft-adapter/`` when done."""
     folder = opts.out / "sft-adapter"
@@ -198,7 +138,7 @@ def sft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
     settings = LoraSettings(seed=opts.seed, **stage_settings(opts, "sft"))
     base = resolve_model(opts.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    examples = sft_examples(tokenizer, template, items, read_jsonl(opts.out / "drafts.jsonl"), opts.seed)
+    examples = sft_examples(tokenizer, template, items, read_drafts(opts.out), opts.seed)
     if not examples:
         raise ValueError(f"{opts.out / 'drafts.jsonl'}: no usable draft to train on; run the draft stage first")
     model = add_lora(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), settings)
@@ -264,18 +204,16 @@ def rft_keep(rows: list[dict]) -> tuple[list[tuple[int, dict]], dict]:
 
 def rft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
     """Sample, filter, then LoRA-train from the SFT adapter; writes ``rft-adapter/`` when done."""
+    if finished := _finished(opts, "rft", "sft"):
+        return finished
     folder, sft = opts.out / "rft-adapter", opts.out / "sft-adapter"
-    if folder.exists():
-        return {"stage": "rft", "status": "done", "adapter": folder.name}
-    if not sft.exists():
-        raise ValueError(f"{sft}: the rft stage starts from the SFT adapter; run the sft stage first")
     extra = stage_settings(opts, "rft")
     sampling = {"pairs": int(extra.pop("pairs", 320)), "samples": int(extra.pop("samples", 4)),
                 "temperature": float(extra.pop("temperature", 1.0)),
                 "max_new_tokens": int(extra.pop("max_new_tokens", 176))}
     settings = LoraSettings(seed=opts.seed, **{"epochs": 1.0, **extra})
     deadline = time.monotonic() + opts.stage_minutes * 60
-    used = {row["index"] for row in read_jsonl(opts.out / "drafts.jsonl") if not row["reason"]}
+    used = {row["index"] for row in read_drafts(opts.out) if not row["reason"]}
     pool = [i for i in range(len(items)) if i not in used and len(items[i].item.responses) == 2][:sampling["pairs"]]
     this_run = rft_sample(opts, items, pool, sampling, deadline, log)
     wanted = set(pool)
@@ -289,16 +227,59 @@ def rft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
         return {**entry, "status": "done", "adapter": None}  # nothing passed the filter: no adapter
     base = resolve_model(opts.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    examples = [make_example(tokenizer, template, items[i].item, s["permutation"], s["text"]) for i, s in kept]
-    from peft import PeftModel
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(sft),
-                                      is_trainable=True)
+    examples = _kept_examples(tokenizer, template, items, kept)
+    model = _trainable(base, sft)
     figures = train_lora(model, examples, settings, opts.out / "rft", max(1.0, deadline - time.monotonic()), log)
     done = figures["steps"] >= figures["planned_steps"]
     if done:
         save_adapter(model, folder, opts.base, template)
     return {**entry, "status": "done" if done else "partial", "examples": len(examples),
             "settings": vars(settings), **figures}
+
+
+def _finished(opts: EnglishOptions, stage: str, start: str) -> dict | None:
+    """The report line of an adapter stage already done, else None (its start adapter must exist)."""
+    if (opts.out / f"{stage}-adapter").exists():
+        return {"stage": stage, "status": "done", "adapter": f"{stage}-adapter"}
+    if not (begin := opts.out / f"{start}-adapter").exists():
+        raise ValueError(f"{begin}: the {stage} stage starts from the {start.upper()} adapter; "
+                         f"run the {start} stage first")
+    return None
+
+
+def _kept_examples(tokenizer, template: JudgeTemplate, items: list[LabeledItem], kept: list[tuple[int, dict]]):
+    return [make_example(tokenizer, template, items[i].item, s["permutation"], s["text"]) for i, s in kept]
+
+
+def _trainable(base: str, adapter: Path):
+    from peft import PeftModel
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter),
+                                     is_trainable=True)
+
+
+def harden_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
+    """From the RFT adapter: its kept judgments again, plus ``harden.per_pair`` pairs of a usable
+    draft's best response beside a content-free answer (``spct.harden``); writes ``harden-adapter/``."""
+    if finished := _finished(opts, "harden", "rft"):
+        return finished
+    folder, start = opts.out / "harden-adapter", opts.out / "rft-adapter"
+    extra = stage_settings(opts, "harden")
+    per_pair = int(extra.pop("per_pair", 1))
+    settings = LoraSettings(seed=opts.seed, **{"epochs": 1.0, **extra})
+    base = resolve_model(opts.base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    kept, _ = rft_keep(read_jsonl(opts.out / "rft-samples.jsonl"))
+    replay = _kept_examples(tokenizer, template, items, kept)
+    pairs = hardening_examples(tokenizer, template, items, read_drafts(opts.out), opts.seed, per_pair)
+    if not pairs:
+        raise ValueError(f"{opts.out / 'drafts.jsonl'}: no usable draft to build hardening pairs from")
+    model = _trainable(base, start)
+    figures = train_lora(model, replay + pairs, settings, opts.out / "harden", opts.stage_minutes * 60, log)
+    done = figures["steps"] >= figures["planned_steps"]
+    if done:
+        save_adapter(model, folder, opts.base, template)
+    return {"stage": "harden", "status": "done" if done else "partial", "replayed": len(replay),
+            "content_free_pairs": len(pairs), "settings": vars(settings), **figures}
 
 
 def validation_records(paths: Sequence[str], per_source: int, seed: int) -> list[str]:
@@ -330,7 +311,7 @@ def bt_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledI
     extra = stage_settings(opts, "bt")
     which = extra.pop("pairs", "judge")
     if which == "judge":  # the pairs the judge was fine-tuned on: those with a usable draft
-        items = [items[row["index"]] for row in read_jsonl(opts.out / "drafts.jsonl") if not row["reason"]]
+        items = [items[row["index"]] for row in read_drafts(opts.out) if not row["reason"]]
         if not items:
             raise ValueError(f"{opts.out / 'drafts.jsonl'}: no usable draft, so no judge pairs for bt.pairs=judge "
                              "(run the draft stage first, or --set bt.pairs=all)")
@@ -361,10 +342,6 @@ def bt_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledI
                            "by_source": by_source}}
 
 
-def _chars(labeled: LabeledItem) -> int:
-    return len(labeled.item.conversation[-1].content) + max(len(r) for r in labeled.item.responses)
-
-
 def run(opts: EnglishOptions, log=print) -> list[dict]:
     """Run the stages in order; returns the report lines written by this run."""
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -374,11 +351,13 @@ def run(opts: EnglishOptions, log=print) -> list[dict]:
     lines = []
     for stage in opts.stages:
         if stage == "draft":
-            entry = draft_stage(opts, template, items, log)
+            entry = draft_stage(opts.out, opts.base, template, items, opts.seed, opts.stage_minutes * 60, log)
         elif stage == "sft":
             entry = sft_stage(opts, template, items, log)
         elif stage == "rft":
             entry = rft_stage(opts, template, items, log)
+        elif stage == "harden":
+            entry = harden_stage(opts, template, items, log)
         else:
             entry = bt_stage(opts, template, items, log)
         append_report(opts.out, entry)

@@ -15,8 +15,10 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,7 +26,10 @@ from pathlib import Path
 
 import torch
 
+from grm.judge import save_template
+from grm.lora import ADAPTER_CONFIG
 from grm.seeds import mix_seed
+from grm.templates import JudgeTemplate
 from policy.logprobs import Example, batch_logprobs
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -153,3 +158,18 @@ def train_resumable(model, count: int, loss_fn, settings: LoraSettings, state_di
     tail = losses[-20:] or [float("nan")]
     return {"steps": step, "planned_steps": len(plan), "loss_first20": sum(head) / len(head),
             "loss_last20": sum(tail) / len(tail), "tokens": tokens, "wall_s": round(time.monotonic() - began, 1)}
+
+
+def save_adapter(model, folder: Path, base: str, template: JudgeTemplate) -> Path:
+    """Write a PEFT adapter that names its base by ``base`` (a short name travels; a path does not)."""
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    config = json.loads((tmp / ADAPTER_CONFIG).read_text())
+    config["base_model_name_or_path"] = base
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    save_template(template, tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder

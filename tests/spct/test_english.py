@@ -17,9 +17,11 @@ from grm.parsing import parse_judgment, unshuffle
 from grm.prompts import build_judge_content
 from grm.templates import load_template
 from grm.types import ScoreInput
-from spct.cold_start import (Draft, draft_scores, first_words, judgment_text, read_critique,
+from spct.cold_start import (Draft, draft_pieces, draft_scores, first_words, judgment_text, read_critique,
                              read_principles)
-from spct.english import EnglishOptions, read_jsonl, rft_keep, run, training_items
+from spct.data import LabeledItem, read_jsonl
+from spct.drafting import DRAFT_ATTEMPTS, RETRIED, read_drafts
+from spct.english import EnglishOptions, rft_keep, run, training_items
 
 TEMPLATE = load_template("grm-english-v1")
 
@@ -90,18 +92,58 @@ def toy_data(tmp_path) -> Path:
     return path
 
 
-def test_drafting_appends_one_row_per_pair_and_a_rerun_drafts_nothing_again(tiny_model_path, toy_data, tmp_path):
+def test_drafting_appends_rows_redrafts_failed_pairs_and_a_rerun_drafts_nothing_again(tiny_model_path, toy_data,
+                                                                                       tmp_path):
     opts = EnglishOptions(data=(str(toy_data),), out=tmp_path / "run", base=str(tiny_model_path),
                           stages=("draft",), items_per_source=5)
     [entry] = run(opts, log=lambda _: None)
-    rows = read_jsonl(opts.out / "drafts.jsonl")
+    lines, rows = read_jsonl(opts.out / "drafts.jsonl"), read_drafts(opts.out)
     assert entry["status"] == "done" and sorted(r["index"] for r in rows) == list(range(5))
-    assert entry["this_run"]["generated_tokens"] > 0
+    assert entry["drafted"] == 5 and entry["usable"] == sum(not r["reason"] for r in rows)
+    assert entry["this_run"]["generated_tokens"] > 0 and entry["this_run"]["pairs"] == 5
     assert all(r["reason"] in ("", "no_principles", "no_critique", "ungrounded_quote", "short_response")
                for r in rows)
+    # a pair that failed on a piece was drafted again until it passed or ran out of tries
+    assert all(r["attempt"] == DRAFT_ATTEMPTS - 1 for r in rows if r["reason"] in RETRIED)
+    assert entry["this_run"]["redrafted"] == len(lines) - 5
+    assert len(lines) > 5  # random weights: some pair failed
     [again] = run(opts, log=lambda _: None)
-    assert again == {"stage": "draft", "status": "done", "drafted": 5}
-    assert len(read_jsonl(opts.out / "drafts.jsonl")) == 5
+    assert again == {"stage": "draft", "status": "done", "drafted": 5, "usable": entry["usable"]}
+    assert len(read_jsonl(opts.out / "drafts.jsonl")) == len(lines)
+
+
+class _Recording:
+    """The real engine, with the requests it was given kept for the test to read."""
+
+    def __init__(self, engine):
+        self.engine, self.tokenizer, self.requests = engine, engine.tokenizer, []
+
+    def generate(self, requests):
+        self.requests += list(requests)
+        return self.engine.generate(requests)
+
+
+def test_a_redraft_draws_only_the_failed_pieces_again_with_new_seeds(tiny_model_path):
+    from grm.transformers_engine import TransformersEngine
+    engine = _Recording(TransformersEngine.load(str(tiny_model_path)))
+    labeled = LabeledItem(ScoreInput("How do I keep a plant alive?", ["Water it once a week, in the morning.",
+                                                                     "No idea about plants."]), best=0)
+    before = Draft(("A good answer gives a watering rule.",), ("The answer gives a clear rule.", ""),
+                   ("Water it once a week, in the morning.", "No idea about plants."), "no_critique", 30)
+    [first] = draft_pieces(engine, TEMPLATE, [labeled], seed=0, indices=[7])
+    assert len(engine.requests) == 3  # principles and two critiques
+    fresh_seeds = {r.seed for r in engine.requests}
+    engine.requests.clear()
+    [redraft] = draft_pieces(engine, TEMPLATE, [labeled], seed=0, indices=[7], previous=[before], attempt=1)
+    [request] = engine.requests  # only the missing critique
+    assert request.seed not in fresh_seeds
+    assert redraft.principles == before.principles and redraft.critiques[0] == before.critiques[0]
+    assert redraft.tokens > before.tokens
+    passed = Draft(before.principles, ("The answer gives a clear rule.", "The answer says nothing useful."),
+                   before.quotes, "", 40)
+    engine.requests.clear()
+    assert draft_pieces(engine, TEMPLATE, [labeled], seed=0, indices=[7], previous=[passed], attempt=1)[0] == passed
+    assert engine.requests == []
 
 
 def _write_drafts(out: Path, count: int) -> None:
