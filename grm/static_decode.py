@@ -17,18 +17,17 @@ prompt's keys n times per step. This loop instead:
   ``check_every`` steps (EOS, budgets, and the requests' ``wanted``).
 
 On CUDA the step's forward is compiled with ``torch.compile`` (Inductor fuses the norms,
-RoPE and softmax into a few kernels: a small model's step is otherwise hundreds of tiny
-kernel launches; sampling after it runs eagerly), then the whole step is captured once
-per shape bucket in a CUDA graph and replayed (rows, prompt width and budget are rounded
-up to buckets so calls share graphs). Compiling takes tens of seconds per bucket, once per
-process; a step that fails to compile or to capture runs eagerly instead, and
-``compile_error`` / ``capture_error`` say why. On a CPU it
-runs eagerly, with every linear layer's weight kept a second time in oneDNN's packed
-layout: with few rows a matrix product is then about twice as fast (measured at 16 rows,
-SmolLM2-135M's shapes), for one more copy of the weights in memory, repacked whenever
-the weights change in place. ``supports(model)`` says whether a model's decoder layers are ones this
-step knows how to walk (Llama, Qwen2, Qwen3 full attention); otherwise the engine uses
-its eager loop.
+RoPE and softmax: a small model's step is otherwise hundreds of tiny kernel launches;
+sampling after it runs eagerly), then the whole step is captured once per shape bucket in
+a CUDA graph and replayed (rows, prompt width and budget are rounded up to buckets so
+calls share graphs). Compiling takes tens of seconds per bucket, once per process; a step
+that fails to compile or to capture runs eagerly instead (``compile_error`` /
+``capture_error`` say why). On a CPU it runs eagerly: the linear weights are kept a second
+time in oneDNN's packed layout (``grm.cpu_ops``: q, k and v as one weight; the residual adds
+and the MLP's gating fused into their products), repacked whenever the weights change in
+place, and each step reads only the own slots written so far, not all T. ``supports(model)``
+says whether a model's decoder layers are ones this step walks (Llama, Qwen2, Qwen3 full
+attention); otherwise the engine uses its eager loop.
 
 Example::
 
@@ -39,12 +38,12 @@ Example::
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
+from grm.cpu_ops import linear, pack, project, rms_norm
 from grm.engine import GenerationRequest
 from grm.seeds import mix_seed
 from grm.token_sampling import row_uniforms, sample
@@ -113,15 +112,13 @@ class StaticDecoder:
         self.capture_error: str | None = None  # why capturing failed, after which steps run eagerly
         inner = model.model
         self.layers, self.embed, self.norm, self.rotary = inner.layers, inner.embed_tokens, inner.norm, inner.rotary_emb
-        attn = self.layers[0].self_attn
-        self.rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb  # the model's own RoPE
-        self.head_dim = attn.head_dim
-        self.kv_heads = model.config.num_key_value_heads
+        self.head_dim, self.kv_heads = self.layers[0].self_attn.head_dim, model.config.num_key_value_heads
+        self.silu = getattr(model.config, "hidden_act", None) == "silu"  # the MLP's gate: fused on a CPU
         self._captured: dict[tuple, tuple[_Buffers, torch.cuda.CUDAGraph]] = {}
         # packed weights for the eager CPU step (a compiled step lays out its own)
         self.can_pack = self.device.type == "cpu" and torch.backends.mkldnn.is_available()
         self.pack = self.can_pack and not self.compile_step
-        self._packed: dict[Any, torch.Tensor] = {}  # linear module -> its weight, packed
+        self._packed: dict[tuple, tuple] = {}  # linear modules -> (their weights packed as one, bias)
         self._packed_version: tuple[int, ...] = ()
 
     # -- one call ------------------------------------------------------------------------
@@ -152,7 +149,7 @@ class StaticDecoder:
             if graph is not None:
                 graph.replay()
             else:
-                self._step(buffers)
+                self._step(buffers, live=done + 1)
             done += 1
             if done % self.check_every == 0 or done == max(budgets):
                 tracker.update(buffers.out[:, tracker.seen:done].tolist(), done)
@@ -227,22 +224,21 @@ class StaticDecoder:
     # -- the step ------------------------------------------------------------------------
 
     def _repack(self) -> None:
-        """Pack every linear weight the step uses, unless packed since the last in-place change."""
+        """Pack every linear weight the step uses, unless packed since the last in-place change.
+        Projections that read the same input (q, k, v) share one packed weight."""
         version = tuple(p._version for p in self.model.parameters())  # bumped by in-place writes
         if version == self._packed_version:
             return
-        linears = [self.model.lm_head]
+        groups = [(self.model.lm_head,)]
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            linears += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-        self._packed = {m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach()) for m in linears}
+            groups += [(attn.q_proj, attn.k_proj, attn.v_proj), (attn.o_proj,), (mlp.gate_proj,), (mlp.up_proj,),
+                       (mlp.down_proj,)]
+        self._packed = {group: pack(group) for group in groups}
         self._packed_version = version
 
-    def _linear(self, module: Any, x: torch.Tensor) -> torch.Tensor:
-        packed = self._packed.get(module) if self.pack else None
-        if packed is None:
-            return module(x)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+    def _on(self) -> dict | None:
+        return self._packed if self.pack else None
 
     def _capture(self, b: _Buffers) -> torch.cuda.CUDAGraph | None:
         """Record one step; two eager steps first on a side stream warm up the kernels.
@@ -264,8 +260,10 @@ class StaticDecoder:
             return None
         return graph
 
-    def _step(self, b: _Buffers) -> None:
-        """Feed ``b.tokens``, sample the next ones into ``b.out[:, step]``, advance in place."""
+    def _step(self, b: _Buffers, live: int | None = None) -> None:
+        """Feed ``b.tokens``, sample the next ones into ``b.out[:, step]``, advance in place.
+        ``live``: the own slots written so far, this step's included (read only those; the
+        compiled step and a captured graph read all T, masked)."""
         logits = None
         if self.compile_step:
             if self._compiled is None:
@@ -278,24 +276,29 @@ class StaticDecoder:
                 self.pack = self.can_pack  # from the next call on
         with torch.inference_mode():
             if logits is None:
-                logits = self._logits(b)
+                logits = self._logits(b, live)
             self._advance(b, logits)
 
-    def _logits(self, b: _Buffers) -> torch.Tensor:
+    def _logits(self, b: _Buffers, live: int | None = None) -> torch.Tensor:
         """The forward of one step: ``[N, V]`` float32 logits of the next token, every layer's
         keys and values written in place. This is the part that is compiled; sampling stays
         eager (its float64 cumulative sums over a large vocabulary are what Inductor failed on)."""
         h = self.embed(b.tokens[:, None])[:, 0]  # [N, hidden] (fed as [N, 1], as a forward feeds it)
         cos, sin = self.rotary(h, b.positions[:, None])  # [N, 1, D]
-        own_bias = torch.where(torch.arange(b.out.shape[1], device=self.device) <= b.step, 0.0, float("-inf"))
-        own_bias = own_bias.to(h.dtype)  # [T]: the own slots written so far, this step's included
-        for layer, prefix, own in zip(self.layers, b.prefix, b.own):
-            x = self._attend(layer.self_attn, layer.input_layernorm(h), cos, sin, prefix, b.prefix_bias, own,
-                             own_bias, b.step)
-            h = h + x
-            x, mlp = layer.post_attention_layernorm(h), layer.mlp
-            h = h + self._linear(mlp.down_proj, mlp.act_fn(self._linear(mlp.gate_proj, x)) * self._linear(mlp.up_proj, x))
-        return self._linear(self.model.lm_head, self.norm(h)).float()
+        half = cos.shape[-1] // 2  # rotate_half(x) * sin == cat(x2, x1) * (sin with its first half negated)
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+        t = b.out.shape[1] if live is None else live
+        own_bias = torch.where(torch.arange(t, device=self.device) <= b.step, 0.0, float("-inf"))
+        own_bias = own_bias.to(h.dtype)  # [t]: the own slots written so far, this step's included
+        prefix_bias = b.prefix_bias.expand(-1, self.kv_heads, -1, -1).flatten(0, 1)  # [R*Hkv, 1, P]
+        for layer, prefix, (keys, values) in zip(self.layers, b.prefix, b.own):
+            x = self._attend(layer.self_attn, rms_norm(layer.input_layernorm, h), cos, sin, prefix, prefix_bias,
+                             (keys[:, :, :t], values[:, :, :t]), own_bias, b.step)
+            h = linear(self._on(), layer.self_attn.o_proj, x, "add", h)
+            x, mlp = rms_norm(layer.post_attention_layernorm, h), layer.mlp
+            gate = linear(self._on(), mlp.gate_proj, x, "swish") if self.silu else mlp.act_fn(linear(self._on(), mlp.gate_proj, x))
+            h = linear(self._on(), mlp.down_proj, linear(self._on(), mlp.up_proj, x, "mul", gate), "add", h)
+        return linear(self._on(), self.model.lm_head, rms_norm(self.norm, h)).float()
 
     def _advance(self, b: _Buffers, logits: torch.Tensor) -> None:
         """Sample each row's token from ``logits`` and move every row one step on, in place."""
@@ -308,35 +311,36 @@ class StaticDecoder:
     def _attend(self, attn: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 prefix: tuple[torch.Tensor, torch.Tensor], prefix_bias: torch.Tensor,
                 own: tuple[torch.Tensor, torch.Tensor], own_bias: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """One attention layer for one new token per row: ``[N, hidden]`` -> ``[N, hidden]``.
+        """One attention layer for one new token per row: ``[N, hidden]`` -> ``[N, H*D]``, before o_proj.
 
-        Scores against the prompt's keys and against the row's own keys share one softmax,
-        which is exactly attention over their concatenation.
+        Scores against the prompt's keys (in the prompt's layout: its S*G query rows per key
+        head) and against the row's own keys share one softmax, which is exactly attention
+        over their concatenation.
         """
-        n, d, kv_heads = x.shape[0], self.head_dim, self.kv_heads
-        q = self._linear(attn.q_proj, x).view(n, 1, -1, d)
-        k = self._linear(attn.k_proj, x).view(n, 1, kv_heads, d)
-        v = self._linear(attn.v_proj, x).view(n, 1, kv_heads, d).transpose(1, 2)
-        if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before RoPE
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = self.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [N, H, 1, D], [N, Hkv, 1, D]
-        own[0].index_copy_(2, step, k)
-        own[1].index_copy_(2, step, v)
-        groups = q.shape[1] // kv_heads  # query heads per key head (G)
-        prompts = prefix[0].shape[0]
+        n, d, kv, prompts = x.shape[0], self.head_dim, self.kv_heads, prefix[0].shape[0]
         width = n // prompts  # S
-        q = q.reshape(n, kv_heads, groups, d)  # head h reads key head h // G, as repeat_kv does
-        shared = q.view(prompts, width, kv_heads, groups, d).transpose(1, 2).reshape(prompts, kv_heads, width * groups, d)
-        s_prefix = (shared @ prefix[0].transpose(-1, -2)) * attn.scaling + prefix_bias  # [R, Hkv, S*G, P]
-        s_prefix = s_prefix.view(prompts, kv_heads, width, groups, -1).transpose(1, 2).reshape(n, kv_heads, groups, -1)
-        s_own = (q @ own[0].transpose(-1, -2)) * attn.scaling + own_bias  # [N, Hkv, G, T]
-        weights = torch.cat([s_prefix, s_own], dim=-1).float().softmax(dim=-1).to(q.dtype)
-        w_prefix, w_own = weights.split([s_prefix.shape[-1], s_own.shape[-1]], dim=-1)
-        w_prefix = w_prefix.view(prompts, width, kv_heads, groups, -1).transpose(1, 2)
-        out_prefix = w_prefix.reshape(prompts, kv_heads, width * groups, -1) @ prefix[1]  # [R, Hkv, S*G, D]
-        out_prefix = out_prefix.view(prompts, kv_heads, width, groups, d).transpose(1, 2).reshape(n, kv_heads, groups, d)
-        out = out_prefix + w_own @ own[1]  # [N, Hkv, G, D]
-        return self._linear(attn.o_proj, out.reshape(n, -1))
+        qkv = project(self._on(), (attn.q_proj, attn.k_proj, attn.v_proj), x)
+        heads = qkv.shape[-1] // d - 2 * kv
+        qk = qkv[:, :(heads + kv) * d].view(n, heads + kv, d)
+        if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before RoPE
+            qk = torch.cat([rms_norm(attn.q_norm, qk[:, :heads]), rms_norm(attn.k_norm, qk[:, heads:])], dim=1)
+        half = d // 2  # RoPE, the models' own formula: x * cos + rotate_half(x) * sin
+        qk = qk * cos + torch.cat([qk[..., half:], qk[..., :half]], dim=-1) * sin  # [N, H+Hkv, D]
+        own[0].index_copy_(2, step, qk[:, heads:, None])
+        own[1].index_copy_(2, step, qkv[:, (heads + kv) * d:].view(n, kv, 1, d))
+        groups, t = heads // kv, own[0].shape[2]  # G: query heads per key head (head h reads key head h // G)
+        q = qk[:, :heads].reshape(prompts, width, kv, groups, d)
+        shared = q.transpose(1, 2).reshape(prompts * kv, width * groups, d)
+        keys, values = prefix[0].flatten(0, 1), prefix[1].flatten(0, 1)  # [R*Hkv, P, D]
+        s_prefix = torch.baddbmm(prefix_bias, shared, keys.transpose(1, 2), alpha=attn.scaling)  # [R*Hkv, S*G, P]
+        s_own = torch.baddbmm(own_bias, q.reshape(n * kv, groups, d), own[0].flatten(0, 1).transpose(1, 2),
+                              alpha=attn.scaling)  # [N*Hkv, G, T]
+        s_own = s_own.view(prompts, width, kv, groups, t).transpose(1, 2).reshape(prompts * kv, width * groups, t)
+        weights = torch.cat([s_prefix, s_own], dim=-1).float().softmax(dim=-1).to(qk.dtype)
+        out = torch.bmm(weights[..., :keys.shape[1]], values).view(prompts, kv, width, groups, d)
+        w_own = weights[..., keys.shape[1]:].view(prompts, kv, width, groups, t).transpose(1, 2)
+        own_out = torch.bmm(w_own.reshape(n * kv, groups, t), own[1].flatten(0, 1))  # [N*Hkv, G, D]
+        return own_out.view(prompts, width, kv, groups, d).add_(out.transpose(1, 2)).view(n, heads * d)
 
 
 class _Tracker:

@@ -74,10 +74,12 @@ def build_tokenizer(vocab_size: int = 512, corpus: str = _CORPUS):
 
 def tiny_config(arch: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
                 max_positions: int = 4096, **extra):
-    """A small config of a known architecture (``llama`` or ``qwen2``)."""
-    from transformers import LlamaConfig, Qwen2Config
+    """A small config of a known architecture (``llama``, ``qwen2`` or ``qwen3``)."""
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
-    configs = {"llama": LlamaConfig, "qwen2": Qwen2Config}
+    configs = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+    if arch == "qwen3":  # its head size is a field of its own (128 unless set)
+        extra = {"head_dim": hidden // heads, **extra}
     if arch not in configs:
         raise ValueError(f"arch must be one of {sorted(configs)}, got {arch!r}")
     return configs[arch](

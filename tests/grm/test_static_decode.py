@@ -52,6 +52,17 @@ def test_greedy_static_equals_eager(engine):
     assert static.stats == eager.stats
 
 
+def test_qwen3_heads_normalised_before_rope_decode_alike(tmp_path):
+    from grm.testing import build_tiny_model
+    engine = TransformersEngine.load(str(build_tiny_model(tmp_path / "qwen3", arch="qwen3")))
+    assert engine.model.config.model_type == "qwen3" and supports(engine.model) is None
+    for temperature in (0, 0.8):
+        requests = mixed_requests(engine, temperature)
+        eager, static = twin(engine, False), twin(engine, True)
+        assert token_ids(static.generate(requests)) == token_ids(eager.generate(requests))
+        assert static._static is not None
+
+
 def test_eos_ends_rows_alike(engine):
     """A stop token the greedy path meets ends those rows early; the others run to their budget."""
     requests = mixed_requests(engine, temperature=0)
