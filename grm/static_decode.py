@@ -67,9 +67,22 @@ def supports(model: Any) -> str | None:
 
 
 def dense_enough(requests: Sequence[GenerationRequest]) -> bool:
-    """Whether the ``R x S`` layout wastes at most half its slots (S = the largest n): calls
-    that mix n=1 with large n decode eagerly instead of computing the empty slots."""
+    """Whether the ``R x S`` layout wastes at most half its slots (S = the largest n)."""
     return len(requests) * max(r.n for r in requests) <= 2 * sum(r.n for r in requests)
+
+
+def dense_groups(requests: Sequence[GenerationRequest]) -> list[list[int]]:
+    """Request indices in groups that each fill at least half of their own layout: by n,
+    largest first, a group taking requests while it stays dense. A call that mixes n=1 with
+    large n (an evaluation's greedy rows beside its samples) decodes as two layouts instead
+    of one mostly empty one."""
+    groups: list[list[int]] = []
+    for j in sorted(range(len(requests)), key=lambda j: -requests[j].n):
+        if groups and dense_enough([requests[i] for i in groups[-1]] + [requests[j]]):
+            groups[-1].append(j)
+        else:
+            groups.append([j])
+    return [sorted(group) for group in groups]  # each in call order: one group is the call as it came
 
 
 def _bucket(n: int, floor: int) -> int:

@@ -16,8 +16,9 @@ copies the filled KV cache rows to the k samples:
    finished (each removal copies the cache, so they are removed in bulk).
 
 Steps 2 and 3 are the eager loop. For the architectures ``grm.static_decode`` knows
-(Llama, Qwen2, Qwen3 in eval mode; calls whose n do not differ wildly) the engine decodes
-with static shapes instead: the prompt's keys stay one copy per prompt, every buffer is
+(Llama, Qwen2, Qwen3 in eval mode) the engine decodes with static shapes instead, a call
+whose n differ widely as a few layouts (``dense_groups``, each with its rows of the
+prefill): the prompt's keys stay one copy per prompt, every buffer is
 preallocated, and on CUDA each step is a replayed CUDA graph. Both loops give the same
 tokens (``static_decode=False`` forces the eager one).
 
@@ -52,7 +53,7 @@ from grm.lora import ADAPTER_CONFIG, adapter_base, is_adapter, load_merged
 from grm.pretrained import resolve_model
 from grm.prefix_cache import PrefixCache, PrefixCacheConfig, prefill_cached
 from grm.seeds import mix_seed
-from grm.static_decode import StaticDecoder, dense_enough, supports
+from grm.static_decode import StaticDecoder, dense_groups, supports
 from grm.token_sampling import row_uniforms, sample
 from grm.types import Completion
 
@@ -177,13 +178,29 @@ class TransformersEngine:
             return []
         budgets = [self._budget(j, r) for j, r in enumerate(requests)]
         cache, mask = self._prefill(requests)
-        if self.static_decode and supports(self.model) is None and dense_enough(requests):
+        if self.static_decode and supports(self.model) is None:
             self._static = self._static or StaticDecoder(self.model, check_every=WANTED_EVERY)
-            prefix = [(layer.keys, layer.values) for layer in cache.layers] if mask.shape[1] else []
-            rows = self._static.decode(requests, budgets, prefix, mask, self.eos_token_ids, self.stats)
+            rows = {}
+            for group in dense_groups(requests):
+                rows.update(self._decode_static(requests, budgets, cache, mask, group))
         else:
             rows = self._decode(requests, budgets, cache, mask)
         return [[self._completion(*rows[(j, i)]) for i in range(r.n)] for j, r in enumerate(requests)]
+
+    def _decode_static(self, requests: Sequence[GenerationRequest], budgets: Sequence[int], cache: Any,
+                       mask: torch.Tensor, group: list[int]) -> dict[tuple[int, int], tuple[list[int], int | None]]:
+        """The static loop on the requests ``group`` (indices), with their rows of the prefill
+        (left padding that none of them uses cut off)."""
+        prefix = [(layer.keys, layer.values) for layer in cache.layers] if mask.shape[1] else []
+        if group != list(range(len(requests))) and prefix:
+            index = torch.tensor(group, device=mask.device)
+            mask = mask.index_select(0, index)
+            first = int(mask.any(0).int().argmax()) if mask.any() else mask.shape[1]
+            prefix = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:]) for k, v in prefix]
+            mask = mask[:, first:]
+        rows = self._static.decode([requests[j] for j in group], [budgets[j] for j in group],
+                                   prefix if mask.shape[1] else [], mask, self.eos_token_ids, self.stats)
+        return {(group[j], i): row for (j, i), row in rows.items()}
 
     def _completion(self, ids: list[int], eos: int | None) -> Completion:
         return Completion(tuple(ids), self.tokenizer.decode(ids, skip_special_tokens=True), eos is not None, eos)

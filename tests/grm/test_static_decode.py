@@ -16,7 +16,7 @@ import torch
 
 from grm.engine import GenerationRequest
 from grm.seeds import mix_seed
-from grm.static_decode import StaticDecoder, dense_enough, supports
+from grm.static_decode import StaticDecoder, dense_enough, dense_groups, supports
 from grm.token_sampling import _mix32, row_uniforms, sample
 from grm.transformers_engine import WANTED_EVERY, TransformersEngine
 from test_engine import TEXTS, engine, llama  # noqa: F401 (the tiny llama and qwen2 engines, shared)
@@ -167,15 +167,20 @@ def test_weights_changed_in_place_are_repacked(engine):
             weight.sub_(noise)
 
 
-def test_sparse_layout_decodes_eagerly(engine):
-    """One request with n=8 beside nine with n=1 would leave 63 of 80 slots empty: eager loop."""
-    prompt = tuple(engine.tokenizer(TEXTS[1]).input_ids)
-    requests = [GenerationRequest(prompt, n=8 if j == 0 else 1, temperature=0.8, max_new_tokens=6, seed=j)
+def test_a_sparse_call_decodes_statically_in_dense_groups(engine):
+    """One request with n=8 beside nine with n=1 would leave 63 of 80 slots empty: it decodes
+    as two layouts, 2 x 8 and 8 x 1, each with its own rows of the prefill."""
+    prompts = [tuple(engine.tokenizer(TEXTS[j % len(TEXTS)]).input_ids) for j in range(10)]
+    requests = [GenerationRequest(prompts[j], n=8 if j == 0 else 1, temperature=0.8, max_new_tokens=6, seed=j)
                 for j in range(10)]
     assert not dense_enough(requests) and dense_enough(requests[:2])  # 2 x 8 slots for 9 rows
-    static = twin(engine, True)
-    assert token_ids(static.generate(requests)) == token_ids(twin(engine, False).generate(requests))
-    assert static._static is None
+    assert dense_groups(requests) == [[0, 1], list(range(2, 10))]
+    assert dense_groups(requests[:2]) == [[0, 1]]
+    static, eager = twin(engine, True), twin(engine, False)
+    assert token_ids(static.generate(requests)) == token_ids(eager.generate(requests))
+    assert static._static is not None
+    greedy = [GenerationRequest(r.prompt_ids, n=r.n, temperature=0, max_new_tokens=6) for r in requests]
+    assert token_ids(static.generate(greedy)) == token_ids(eager.generate(greedy))
 
 
 def test_training_mode_decodes_eagerly(engine):
