@@ -258,18 +258,19 @@ def _trainable(base: str, adapter: Path):
 
 
 def harden_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
-    """From the RFT adapter: its kept judgments again, plus ``harden.per_pair`` pairs of a usable
-    draft's best response beside a content-free answer (``spct.harden``); writes ``harden-adapter/``."""
+    """From the RFT adapter: its kept judgments again (the first ``harden.replay``; default all),
+    plus ``harden.per_pair`` pairs of a usable draft's best response beside a content-free
+    answer (``spct.harden``); writes ``harden-adapter/``."""
     if finished := _finished(opts, "harden", "rft"):
         return finished
     folder, start = opts.out / "harden-adapter", opts.out / "rft-adapter"
     extra = stage_settings(opts, "harden")
-    per_pair = int(extra.pop("per_pair", 1))
+    per_pair, replayed = int(extra.pop("per_pair", 1)), extra.pop("replay", None)  # replay: how many kept
     settings = LoraSettings(seed=opts.seed, **{"epochs": 1.0, **extra})
     base = resolve_model(opts.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     kept, _ = rft_keep(read_jsonl(opts.out / "rft-samples.jsonl"))
-    replay = _kept_examples(tokenizer, template, items, kept)
+    replay = _kept_examples(tokenizer, template, items, kept[:None if replayed is None else int(replayed)])
     pairs = hardening_examples(tokenizer, template, items, read_drafts(opts.out), opts.seed, per_pair)
     if not pairs:
         raise ValueError(f"{opts.out / 'drafts.jsonl'}: no usable draft to build hardening pairs from")

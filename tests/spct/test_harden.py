@@ -73,7 +73,7 @@ def test_the_harden_stage_trains_from_the_rft_adapter_on_content_free_pairs_and_
     data.write_text("\n".join(_records(40)) + "\n")
     out = tmp_path / "run"
     opts = EnglishOptions(data=(str(data),), out=out, base=str(tiny_model_path), stages=("harden",),
-                          items_per_source=6, extra={"harden.batch_size": 2, "harden.per_pair": 2})
+                          items_per_source=6, extra={"harden.batch_size": 2, "harden.per_pair": 2, "harden.replay": 2})
     with pytest.raises(ValueError, match="run the rft stage first"):
         run(opts, log=lambda _: None)
     settings = LoraSettings(rank=4, top_layers=1)
@@ -84,9 +84,14 @@ def test_the_harden_stage_trains_from_the_rft_adapter_on_content_free_pairs_and_
              "quotes": ["Water plant", "No idea at all."], "reason": "" if i != 2 else "no_critique"}
             for i in range(4)]
     (out / "drafts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    right = {"permutation": [0, 1], "text": "Specific Criteria:\n1. Keeps it alive. (100%)", "correct": True,
+             "scored": True, "quotes": 1, "grounded": 1}
+    samples = [{"index": i, "samples": [right, {**right, "correct": False}]} for i in (4, 5, 6)]
+    (out / "rft-samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
     [entry] = run(opts, log=lambda _: None)
-    assert entry["status"] == "done" and entry["replayed"] == 0 and entry["content_free_pairs"] == 6
-    assert entry["steps"] == entry["planned_steps"] == 3
+    # 3 RFT judgments kept, the first 2 replayed; 3 usable drafts x 2 content-free pairs
+    assert entry["status"] == "done" and entry["replayed"] == 2 and entry["content_free_pairs"] == 6
+    assert entry["steps"] == entry["planned_steps"] == 4
     judge = GenerativeRewardModel.load(str(out / "harden-adapter"))
     assert judge.template.version == "grm-english-v1"
     def lora_b(folder):
