@@ -157,6 +157,7 @@ class StaticDecoder:
         buffers, graph = self._buffers(shape)
         self._fill(buffers, requests, prefix, prefix_mask)
         tracker = _Tracker(requests, shape[1], budgets, eos_ids, stats)
+        tracker.update([[] for _ in range(buffers.out.shape[0])], 0)  # callers gone already (a later group's)
         done = 0
         while not tracker.finished:
             if graph is not None:

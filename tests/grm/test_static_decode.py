@@ -138,17 +138,21 @@ def test_cancelled_request_stops_within_a_check(engine):
 
     def wanted() -> bool:
         asked.append(1)
-        return len(asked) < 2  # gone at the second ask
+        return len(asked) < 2  # gone at the second ask (the first is before the first step)
 
     gone = GenerationRequest(tuple(engine.tokenizer(TEXTS[0]).input_ids), n=3, temperature=1.0, max_new_tokens=40,
                              wanted=wanted)
     kept = GenerationRequest(tuple(engine.tokenizer(TEXTS[1]).input_ids), n=2, temperature=0, max_new_tokens=40)
     out = static.generate([gone, kept])
-    assert [len(c.token_ids) for c in out[0]] == [2 * WANTED_EVERY] * 3 and not any(c.finished for c in out[0])
+    assert [len(c.token_ids) for c in out[0]] == [WANTED_EVERY] * 3 and not any(c.finished for c in out[0])
     assert [len(c.token_ids) for c in out[1]] == [40, 40]
     assert token_ids(out)[1] == token_ids(twin(engine, False, eos=set()).generate([kept]))[0]
     assert static.stats["abandoned_rows"] == 3
-    assert static.stats["generated_tokens"] == 3 * 2 * WANTED_EVERY + 2 * 40
+    assert static.stats["generated_tokens"] == 3 * WANTED_EVERY + 2 * 40
+    # callers gone before decoding began (while a call's earlier layouts decoded): no step at all
+    left = GenerationRequest(gone.prompt_ids, n=8, temperature=1.0, max_new_tokens=40, wanted=lambda: False)
+    out = static.generate([left, kept])
+    assert [len(c.token_ids) for c in out[0]] == [0] * 8 and static.stats["abandoned_rows"] == 3 + 8
 
 
 def test_weights_changed_in_place_are_repacked(engine):
