@@ -10,7 +10,7 @@ adapter also carries its scalar head (``modules_to_save``), so the head's weight
 with the adapter.
 
 The revision that names a merged model in cache keys covers both halves, the base's
-weights and the adapter's files (``grm.transformers_engine.checkpoint_revision``).
+weights and the adapter's files (``grm.revision.checkpoint_revision``).
 
 Example::
 

@@ -27,7 +27,8 @@ from typing import Any, Sequence
 import torch
 
 from grm.lora import is_adapter, load_merged
-from grm.transformers_engine import checkpoint_revision, context_length, default_device_dtype
+from grm.revision import checkpoint_revision
+from grm.transformers_engine import context_length, default_device_dtype
 
 
 class MetaRewardModel:

@@ -39,9 +39,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -49,51 +46,19 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from grm.engine import GenerationRequest
-from grm.lora import ADAPTER_CONFIG, adapter_base, is_adapter, load_merged
+from grm.lora import is_adapter, load_merged
 from grm.pretrained import resolve_model
 from grm.prefix_cache import PrefixCache, PrefixCacheConfig, prefill_cached
+from grm.revision import checkpoint_revision
 from grm.seeds import mix_seed
 from grm.static_decode import StaticDecoder, dense_groups, supports
 from grm.token_sampling import row_uniforms, sample
 from grm.types import Completion
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _SANE_MAX_LENGTH = 10_000_000  # tokenizers say 1e30 when they do not know their limit
 # Decoding steps between two asks of each request's ``wanted``: a cancelled call stops
 # costing engine time within this many tokens, and the ask stays off the per-step path.
 WANTED_EVERY = 4
-
-
-REVISION_FILES = frozenset({
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model",
-    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "grm_template.json",
-    ADAPTER_CONFIG,
-})
-
-
-def checkpoint_revision(path_or_id: str | os.PathLike, commit: str | None = None) -> str:
-    """A stable name for a checkpoint's weights, for cache keys.
-
-    A local directory: sha256 over every file that shapes the output (weights, config,
-    generation config, tokenizer, chat template, the judge template saved with the
-    checkpoint), names and bytes, read in 1 MiB chunks, in sorted order. A hub id: its
-    commit hash when known, else the id itself. A LoRA adapter folder: its own files and its
-    base's revision together.
-    """
-    path = Path(path_or_id)
-    if not path.is_dir():
-        return commit or str(path_or_id)
-    digest = hashlib.sha256()
-    if is_adapter(path):
-        digest.update(b"base\0" + checkpoint_revision(adapter_base(path)).encode() + b"\0")
-    files = [p for p in sorted(path.iterdir())
-             if p.is_file() and (p.name in REVISION_FILES or p.name.endswith(WEIGHT_SUFFIXES))]
-    for p in files:
-        digest.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_device_dtype(device: str | torch.device | None, dtype: Any) -> tuple[torch.device, torch.dtype]:

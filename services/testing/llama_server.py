@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from grm.default_model import grm_home
-from grm.transformers_engine import checkpoint_revision
+from grm.revision import checkpoint_revision
 from services.testing.redis_servers import end_process, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

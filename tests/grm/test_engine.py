@@ -11,7 +11,8 @@ from transformers import DynamicCache
 from grm.engine import GenerationRequest
 from grm.seeds import mix_seed
 from grm.testing import build_tiny_model
-from grm.transformers_engine import TransformersEngine, _ReservedLayer, checkpoint_revision
+from grm.revision import checkpoint_revision
+from grm.transformers_engine import TransformersEngine, _ReservedLayer
 
 torch.set_num_threads(2)
 

@@ -24,7 +24,8 @@ from grm.judge import GenerativeRewardModel  # noqa: E402
 from grm.lora import adapter_base, is_adapter  # noqa: E402
 from grm.meta_rm import MetaRewardModel  # noqa: E402
 from grm.pretrained import BASES, PackagedBase, gguf_checkpoint, resolve_model  # noqa: E402
-from grm.transformers_engine import TransformersEngine, checkpoint_revision  # noqa: E402
+from grm.revision import checkpoint_revision  # noqa: E402
+from grm.transformers_engine import TransformersEngine  # noqa: E402
 
 TEXT = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\nThe answer is 42."
 
