@@ -72,16 +72,18 @@ def dense_enough(requests: Sequence[GenerationRequest]) -> bool:
 
 
 def dense_groups(requests: Sequence[GenerationRequest]) -> list[list[int]]:
-    """Request indices in groups that each fill at least half of their own layout: by n,
-    largest first, a group taking requests while it stays dense. A call that mixes n=1 with
-    large n (an evaluation's greedy rows beside its samples) decodes as two layouts instead
-    of one mostly empty one."""
+    """Request indices in groups that each fill at least half of their own layout (by n,
+    largest first, a group taking requests while it stays dense): an evaluation's greedy
+    n=1 rows beside its samples decode as a second layout, not as empty slots."""
     groups: list[list[int]] = []
+    width = total = 0  # the open group's S (its first, largest n) and its sum of n
     for j in sorted(range(len(requests)), key=lambda j: -requests[j].n):
-        if groups and dense_enough([requests[i] for i in groups[-1]] + [requests[j]]):
+        if groups and (len(groups[-1]) + 1) * width <= 2 * (total + (n := requests[j].n)):  # dense with j
             groups[-1].append(j)
+            total += n
         else:
             groups.append([j])
+            width = total = requests[j].n
     return [sorted(group) for group in groups]  # each in call order: one group is the call as it came
 
 
