@@ -2,6 +2,7 @@
 
     grm train-english --data hh.jsonl rmbench.jsonl oasst.jsonl --out runs/english
     grm train-english --data ... --out runs/english --stages draft --stage-minutes 30
+    grm train-english --data ... --out runs/english2 --drafts-from runs/english --stages sft
 
 Rerun the same command after a stop: finished stages are skipped and a stopped one resumes
 from its files (``spct.english``). Each stage appends a line to ``OUT/report.jsonl``.
@@ -23,6 +24,9 @@ HELP = "train the English judge (cold-start drafts, LoRA SFT, RFT, hardening, Br
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, help="preference JSONL files (their train split is used)")
     p.add_argument("--out", required=True, help="run folder: drafts, adapters, report.jsonl")
+    p.add_argument("--drafts-from", metavar="DIR",
+                   help="an earlier run folder whose drafts.jsonl and validation.jsonl this run uses and extends "
+                        "(default: OUT)")
     p.add_argument("--base", default="smollm2-135m-instruct", help="base model name, folder or .gguf file")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, in order (default {','.join(STAGES)})")
     p.add_argument("--items-per-source", type=int, default=500, help="training pairs drafted per file (default 500)")
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         opts = EnglishOptions(data=tuple(args.data), out=Path(args.out), base=args.base,
                               stages=tuple(s for s in args.stages.split(",") if s),
                               items_per_source=args.items_per_source, stage_minutes=args.stage_minutes,
-                              seed=args.seed, template=args.template, extra=_settings(args.set))
+                              seed=args.seed, template=args.template, extra=_settings(args.set),
+                              drafts_from=Path(args.drafts_from) if args.drafts_from else None)
     except ValueError as e:
         raise SystemExit(f"grm train-english: {e}") from None
     import torch  # heavy: only a run needs it

@@ -69,7 +69,8 @@ def bt_loss(pairs: Sequence[tuple[list[int], list[int]]], pad: int):
 
 def train_bt(model, pairs: Sequence[tuple[list[int], list[int]]], settings: LoraSettings, state_dir: Path,
              pad: int, deadline_s: float | None = None, log=print) -> dict:
-    return train_resumable(model, len(pairs), bt_loss(pairs, pad), settings, state_dir, deadline_s, log)
+    return train_resumable(model, len(pairs), bt_loss(pairs, pad), settings, state_dir, deadline_s, log,
+                           lengths=[max(len(chosen), len(rejected)) for chosen, rejected in pairs])
 
 
 @torch.no_grad()

@@ -22,6 +22,10 @@ The stages, in order (``grm train-english --out DIR`` runs those not yet done):
    very pairs the judge was fine-tuned on (those with a usable draft); ``--set
    bt.pairs=all`` takes every training pair instead.
 
+A later round can train in a new folder on the drafts of an earlier one (``drafts_from``,
+``--drafts-from``): the draft stage then extends that folder's drafts.jsonl, and both rounds
+use its validation.jsonl.
+
 Every stage is bounded in time (``--stage-minutes``): it stops, saves, and leaves the rest
 to the next run. The training pairs come from the train split only (``grm.eval.splits``), the
 same share of each source.
@@ -77,6 +81,15 @@ class EnglishOptions:
     seed: int = 0
     template: str = ENGLISH_TEMPLATE
     extra: dict = field(default_factory=dict)  # stage settings passed through (see each stage)
+    drafts_from: Path | None = None  # a run folder whose drafts and validation pairs this run shares
+
+    @property
+    def shared(self) -> Path:
+        """The folder of drafts.jsonl and validation.jsonl: ``drafts_from``, else ``out``.
+
+        A later round (say, SFT again on more drafts) trains in a new ``out`` and reads, and
+        extends, the first run's drafts, so both rounds are judged on the same pairs."""
+        return self.drafts_from or self.out
 
     def __post_init__(self) -> None:
         if bad := [s for s in self.stages if s not in STAGES]:
@@ -115,8 +128,13 @@ def stage_settings(opts: EnglishOptions, stage: str) -> dict:
     return {key[len(prefix):]: value for key, value in opts.extra.items() if key.startswith(prefix)}
 
 
-def sft_examples(tokenizer, template: JudgeTemplate, items: list[LabeledItem], rows: list[dict], seed: int):
-    """Training examples from the usable drafts: every response order of every pair."""
+def sft_examples(tokenizer, template: JudgeTemplate, items: list[LabeledItem], rows: list[dict], seed: int,
+                 orders: str = "all"):
+    """Training examples from the usable drafts: every response order of every pair
+    (``orders="all"``), or one order per pair drawn by the pair's seed (``"one"``: half the
+    examples; the labelled answer is shown first in about half of them)."""
+    if orders not in ("all", "one"):
+        raise ValueError(f'sft.orders must be "all" or "one", got {orders!r}')
     examples = []
     for row in rows:
         if row["reason"]:
@@ -124,7 +142,8 @@ def sft_examples(tokenizer, template: JudgeTemplate, items: list[LabeledItem], r
         labeled, draft = items[row["index"]], draft_from_json(row)
         rng = random.Random(mix_seed("english-sft", seed, row["index"]))
         scores = draft_scores(labeled.best, len(labeled.item.responses), rng)
-        for perm in permutations(range(len(labeled.item.responses))):
+        every = list(permutations(range(len(labeled.item.responses))))
+        for perm in every if orders == "all" else [rng.choice(every)]:
             text = judgment_text(draft, perm, scores, rng)
             examples.append(make_example(tokenizer, template, labeled.item, perm, text))
     return examples
@@ -135,12 +154,14 @@ def sft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
     folder = opts.out / "sft-adapter"
     if folder.exists():
         return {"stage": "sft", "status": "done", "adapter": folder.name}
-    settings = LoraSettings(seed=opts.seed, **stage_settings(opts, "sft"))
+    extra = stage_settings(opts, "sft")
+    orders = extra.pop("orders", "all")
+    settings = LoraSettings(seed=opts.seed, **extra)
     base = resolve_model(opts.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    examples = sft_examples(tokenizer, template, items, read_drafts(opts.out), opts.seed)
+    examples = sft_examples(tokenizer, template, items, read_drafts(opts.shared), opts.seed, orders)
     if not examples:
-        raise ValueError(f"{opts.out / 'drafts.jsonl'}: no usable draft to train on; run the draft stage first")
+        raise ValueError(f"{opts.shared / 'drafts.jsonl'}: no usable draft to train on; run the draft stage first")
     model = add_lora(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), settings)
     figures = train_lora(model, examples, settings, opts.out / "sft", opts.stage_minutes * 60, log)
     done = figures["steps"] >= figures["planned_steps"]
@@ -149,7 +170,7 @@ def sft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
     return {"stage": "sft", "status": "done" if done else "partial", "examples": len(examples),
             "prompt_tokens_mean": sum(len(e.prompt_ids) for e in examples) / len(examples),
             "target_tokens_mean": sum(len(e.target_ids) for e in examples) / len(examples),
-            "settings": {k: v for k, v in vars(settings).items()}, **figures}
+            "settings": {**vars(settings), "orders": orders}, **figures}
 
 
 def rft_sample(opts: EnglishOptions, items: list[LabeledItem], pool: list[int], settings: dict, deadline: float,
@@ -213,7 +234,7 @@ def rft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
                 "max_new_tokens": int(extra.pop("max_new_tokens", 176))}
     settings = LoraSettings(seed=opts.seed, **{"epochs": 1.0, **extra})
     deadline = time.monotonic() + opts.stage_minutes * 60
-    used = {row["index"] for row in read_drafts(opts.out) if not row["reason"]}
+    used = {row["index"] for row in read_drafts(opts.shared) if not row["reason"]}
     pool = [i for i in range(len(items)) if i not in used and len(items[i].item.responses) == 2][:sampling["pairs"]]
     this_run = rft_sample(opts, items, pool, sampling, deadline, log)
     wanted = set(pool)
@@ -271,9 +292,9 @@ def harden_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labe
     tokenizer = AutoTokenizer.from_pretrained(base)
     kept, _ = rft_keep(read_jsonl(opts.out / "rft-samples.jsonl"))
     replay = _kept_examples(tokenizer, template, items, kept[:None if replayed is None else int(replayed)])
-    pairs = hardening_examples(tokenizer, template, items, read_drafts(opts.out), opts.seed, per_pair)
+    pairs = hardening_examples(tokenizer, template, items, read_drafts(opts.shared), opts.seed, per_pair)
     if not pairs:
-        raise ValueError(f"{opts.out / 'drafts.jsonl'}: no usable draft to build hardening pairs from")
+        raise ValueError(f"{opts.shared / 'drafts.jsonl'}: no usable draft to build hardening pairs from")
     model = _trainable(base, start)
     figures = train_lora(model, replay + pairs, settings, opts.out / "harden", opts.stage_minutes * 60, log)
     done = figures["steps"] >= figures["planned_steps"]
@@ -299,8 +320,8 @@ def validation_records(paths: Sequence[str], per_source: int, seed: int) -> list
 
 
 def write_validation(opts: EnglishOptions) -> Path:
-    """``OUT/validation.jsonl``: the pairs every evaluation of this run uses (written once)."""
-    path = opts.out / "validation.jsonl"
+    """``validation.jsonl`` (in ``opts.shared``): the pairs every evaluation of this run uses (written once)."""
+    path = opts.shared / "validation.jsonl"
     if not path.exists():
         per_source = int(stage_settings(opts, "eval").get("per_source", 250))
         path.write_text("\n".join(validation_records(opts.data, per_source, opts.seed)) + "\n", encoding="utf-8")
@@ -312,9 +333,9 @@ def bt_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledI
     extra = stage_settings(opts, "bt")
     which = extra.pop("pairs", "judge")
     if which == "judge":  # the pairs the judge was fine-tuned on: those with a usable draft
-        items = [items[row["index"]] for row in read_drafts(opts.out) if not row["reason"]]
+        items = [items[row["index"]] for row in read_drafts(opts.shared) if not row["reason"]]
         if not items:
-            raise ValueError(f"{opts.out / 'drafts.jsonl'}: no usable draft, so no judge pairs for bt.pairs=judge "
+            raise ValueError(f"{opts.shared / 'drafts.jsonl'}: no usable draft, so no judge pairs for bt.pairs=judge "
                              "(run the draft stage first, or --set bt.pairs=all)")
     elif which != "all":
         raise ValueError(f"bt.pairs must be \"judge\" or \"all\", got {which!r}")
@@ -346,13 +367,14 @@ def bt_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledI
 def run(opts: EnglishOptions, log=print) -> list[dict]:
     """Run the stages in order; returns the report lines written by this run."""
     opts.out.mkdir(parents=True, exist_ok=True)
+    opts.shared.mkdir(parents=True, exist_ok=True)
     template = load_template(opts.template)
     items = training_items(opts.data, opts.items_per_source, opts.seed)
     write_validation(opts)  # the held-out pairs every evaluation of this run uses
     lines = []
     for stage in opts.stages:
         if stage == "draft":
-            entry = draft_stage(opts.out, opts.base, template, items, opts.seed, opts.stage_minutes * 60, log)
+            entry = draft_stage(opts.shared, opts.base, template, items, opts.seed, opts.stage_minutes * 60, log)
         elif stage == "sft":
             entry = sft_stage(opts, template, items, log)
         elif stage == "rft":

@@ -179,6 +179,27 @@ def test_sft_stops_at_its_deadline_resumes_from_its_saved_step_and_ships_a_loada
     assert len(judge.score("How do I keep a plant alive?", ["Water it.", "No."], k=1, max_new_tokens=8).judgments) == 1
 
 
+def test_a_later_round_trains_in_its_own_folder_on_an_earlier_runs_drafts_one_order_per_pair(
+        tiny_model_path, toy_data, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    _write_drafts(first, 4)
+    opts = EnglishOptions(data=(str(toy_data),), out=second, base=str(tiny_model_path), stages=("sft",),
+                          items_per_source=4, drafts_from=first,
+                          extra={"sft.batch_size": 2, "sft.top_layers": 1, "sft.rank": 4, "sft.epochs": 1.0,
+                                 "sft.orders": "one"})
+    [done] = run(opts, log=lambda _: None)
+    assert done["status"] == "done" and done["examples"] == 4 and done["settings"]["orders"] == "one"
+    assert (second / "sft-adapter").exists() and not (first / "sft-adapter").exists()
+    assert (first / "validation.jsonl").exists() and not (second / "validation.jsonl").exists()
+    assert not (second / "drafts.jsonl").exists()
+    with pytest.raises(ValueError, match="sft.orders"):
+        run(EnglishOptions(**{**vars(opts), "out": tmp_path / "third", "extra": {"sft.orders": "both"}}),
+            log=lambda _: None)
+    with pytest.raises(ValueError, match="no usable draft"):
+        run(EnglishOptions(**{**vars(opts), "out": tmp_path / "fourth", "drafts_from": tmp_path / "none"}),
+            log=lambda _: None)
+
+
 def test_the_bradley_terry_baseline_trains_on_the_pairs_and_reports_validation_accuracy(
         tiny_model_path, toy_data, tmp_path):
     opts = EnglishOptions(data=(str(toy_data),), out=tmp_path / "run", base=str(tiny_model_path), stages=("bt",),
