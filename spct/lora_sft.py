@@ -182,6 +182,7 @@ def save_adapter(model, folder: Path, base: str, template: JudgeTemplate) -> Pat
 
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp)
+    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's blank card, naming the base by its local path
     config = json.loads((tmp / ADAPTER_CONFIG).read_text())
     config["base_model_name_or_path"] = base
     (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")

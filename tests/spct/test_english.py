@@ -173,6 +173,8 @@ def test_sft_stops_at_its_deadline_resumes_from_its_saved_step_and_ships_a_loada
     adapter = out / "sft-adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_model_path)
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                         "grm_template.json"]
     assert json.loads((adapter / "grm_template.json").read_text())["version"] == "grm-english-v1"
     judge = GenerativeRewardModel.load(str(adapter))
     assert judge.template.version == "grm-english-v1"
