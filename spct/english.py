@@ -98,6 +98,8 @@ class EnglishOptions:
             raise ValueError(f"items_per_source must be >= 1, got {self.items_per_source}")
         if not self.stage_minutes > 0:
             raise ValueError(f"stage_minutes must be > 0, got {self.stage_minutes}")
+        if self.drafts_from is not None and not Path(self.drafts_from).is_dir():
+            raise ValueError(f"drafts_from: {self.drafts_from} is not a folder (an earlier run's --out)")
 
 
 def training_items(paths: Sequence[str], per_source: int, seed: int) -> list[LabeledItem]:
@@ -367,7 +369,6 @@ def bt_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledI
 def run(opts: EnglishOptions, log=print) -> list[dict]:
     """Run the stages in order; returns the report lines written by this run."""
     opts.out.mkdir(parents=True, exist_ok=True)
-    opts.shared.mkdir(parents=True, exist_ok=True)
     template = load_template(opts.template)
     items = training_items(opts.data, opts.items_per_source, opts.seed)
     write_validation(opts)  # the held-out pairs every evaluation of this run uses

@@ -197,8 +197,11 @@ def test_a_later_round_trains_in_its_own_folder_on_an_earlier_runs_drafts_one_or
     with pytest.raises(ValueError, match="sft.orders"):
         run(EnglishOptions(**{**vars(opts), "out": tmp_path / "third", "extra": {"sft.orders": "both"}}),
             log=lambda _: None)
+    with pytest.raises(ValueError, match="drafts_from: .* is not a folder"):
+        EnglishOptions(**{**vars(opts), "out": tmp_path / "fourth", "drafts_from": tmp_path / "none"})
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no usable draft"):
-        run(EnglishOptions(**{**vars(opts), "out": tmp_path / "fourth", "drafts_from": tmp_path / "none"}),
+        run(EnglishOptions(**{**vars(opts), "out": tmp_path / "fourth", "drafts_from": tmp_path / "empty"}),
             log=lambda _: None)
 
 
