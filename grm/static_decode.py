@@ -67,8 +67,8 @@ def supports(model: Any) -> str | None:
 
 
 def dense_enough(requests: Sequence[GenerationRequest]) -> bool:
-    """Whether the ``R x S`` layout wastes at most half its slots (S = the largest n)."""
-    return len(requests) * max(r.n for r in requests) <= 2 * sum(r.n for r in requests)
+    """Whether the ``R x S`` layout wastes at most half its slots (S = the largest n): one dense group."""
+    return len(dense_groups(requests)) == 1
 
 
 def dense_groups(requests: Sequence[GenerationRequest]) -> list[list[int]]:
