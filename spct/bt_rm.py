@@ -15,20 +15,24 @@ Example::
     rows = [pair_ids(tokenizer, template, labeled) for labeled in items]
     figures = train_bt(model, rows, LoraSettings(epochs=1), Path("runs/en/bt"))
     correct = bt_correct(model, val_rows, pad_id)
+    report = bt_validation(model, tokenizer, template, records, pad_id, seed=0)
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from grm.eval.statistics import item_bootstrap
 from grm.prompts import encode_prompt, shown_response
 from grm.templates import JudgeTemplate
 from spct.cold_start import query_text
-from spct.data import LabeledItem
+from spct.data import LabeledItem, record_item
 from spct.lora_sft import LoraSettings, train_resumable
 
 
@@ -83,3 +87,14 @@ def bt_correct(model, pairs: Sequence[tuple[list[int], list[int]]], pad: int, ba
         r = rewards(model, [row for pair in chunk for row in pair], pad)
         out += (r[0::2] > r[1::2]).tolist()
     return out
+
+
+def bt_validation(model, tokenizer, template: JudgeTemplate, records: Sequence[dict], pad: int, seed: int) -> dict:
+    """Accuracy on validation records (lines of the preference files) with 95% bootstrap
+    intervals, pooled and per source, and the seconds it took."""
+    began = time.monotonic()
+    correct = np.array(bt_correct(model, [pair_ids(tokenizer, template, record_item(r)) for r in records], pad))
+    sources = np.array([str(r.get("source", "")).split(":")[0] for r in records])
+    by_source = {name: item_bootstrap(correct[sources == name], seed=seed).to_json() for name in sorted(set(sources))}
+    return {"pairs": len(records), "wall_s": round(time.monotonic() - began, 1),
+            **item_bootstrap(correct, seed=seed).to_json(), "by_source": by_source}

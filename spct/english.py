@@ -6,9 +6,8 @@ The stages, in order (``grm train-english --out DIR`` runs those not yet done):
    sentences drafted by the base model for labelled training pairs, filtered, appended to
    ``drafts.jsonl`` as they come (``spct.drafting``: a rerun skips the pairs already drafted,
    and a pair whose principles or critique failed is drafted again, its failed pieces only);
-2. ``sft``: LoRA fine-tuning on the assembled judgments, both response orders of every
-   pair (``spct.lora_sft``); writes the adapter to ``sft/``, resuming from its last saved
-   step;
+2. ``sft``: LoRA fine-tuning on the assembled judgments (``spct.lora_sft``); writes the
+   adapter to ``sft-adapter/``, resuming from its last saved step in ``sft/``;
 3. ``rft``: rejective fine-tuning from the SFT adapter (``spct.rft``): the SFT judge samples
    judgments on training pairs it was not fine-tuned on (appended to ``rft-samples.jsonl``
    as they come); those that put the labelled answer strictly on top and whose quotes are
@@ -27,8 +26,7 @@ A later round can train in a new folder on the drafts of an earlier one (``draft
 use its validation.jsonl.
 
 Every stage is bounded in time (``--stage-minutes``): it stops, saves, and leaves the rest
-to the next run. The training pairs come from the train split only (``grm.eval.splits``), the
-same share of each source.
+to the next run. The training pairs come from the train split only (``grm.eval.splits``).
 
 Example::
 
@@ -45,24 +43,22 @@ from dataclasses import dataclass, field
 from itertools import permutations
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from grm.eval.grounding import check_quotes
 from grm.eval.splits import record_prompt, split_of
-from grm.eval.statistics import item_bootstrap
 from grm.judge import GenerativeRewardModel
 from grm.pretrained import resolve_model
 from grm.prompts import shown_response
 from grm.seeds import mix_seed
 from grm.templates import JudgeTemplate, load_template
-from spct.bt_rm import bt_correct, pair_ids, train_bt
+from spct.bt_rm import bt_validation, pair_ids, train_bt
 from spct.cold_start import draft_from_json, draft_scores, judgment_text
-from spct.data import LabeledItem, load_preference_splits, make_example, read_jsonl, record_item
+from spct.data import LabeledItem, load_preference_splits, make_example, read_jsonl
 from spct.drafting import draft_stage, read_drafts
 from spct.harden import hardening_examples
-from spct.lora_sft import LoraSettings, add_lora, save_adapter, train_lora
+from spct.lora_sft import LoraSettings, add_lora, save_adapter, score_weights, train_lora
 from spct.rft import Trajectory, rft_filter, sample_groups
 
 STAGES = ("draft", "sft", "rft", "harden", "bt")
@@ -134,9 +130,10 @@ def sft_examples(tokenizer, template: JudgeTemplate, items: list[LabeledItem], r
                  orders: str = "all"):
     """Training examples from the usable drafts: every response order of every pair
     (``orders="all"``), or one order per pair drawn by the pair's seed (``"one"``: half the
-    examples; the labelled answer is shown first in about half of them)."""
-    if orders not in ("all", "one"):
-        raise ValueError(f'sft.orders must be "all" or "one", got {orders!r}')
+    examples; the labelled answer is shown first in about half of them), or, for two
+    responses, the order ``"one"`` does not draw (``"other"``: a round after a one-order one)."""
+    if orders not in ("all", "one", "other"):
+        raise ValueError(f'sft.orders must be "all", "one" or "other", got {orders!r}')
     examples = []
     for row in rows:
         if row["reason"]:
@@ -145,34 +142,50 @@ def sft_examples(tokenizer, template: JudgeTemplate, items: list[LabeledItem], r
         rng = random.Random(mix_seed("english-sft", seed, row["index"]))
         scores = draft_scores(labeled.best, len(labeled.item.responses), rng)
         every = list(permutations(range(len(labeled.item.responses))))
-        for perm in every if orders == "all" else [rng.choice(every)]:
+        if orders != "all":
+            drawn = rng.choice(every)
+            every = [drawn] if orders == "one" else [p for p in every if p != drawn]
+        for perm in every:
             text = judgment_text(draft, perm, scores, rng)
             examples.append(make_example(tokenizer, template, labeled.item, perm, text))
     return examples
 
 
 def sft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
-    """LoRA SFT on the drafted judgments; writes the adapter to ``sft-adapter/`` when done."""
+    """LoRA SFT on the drafted judgments; writes the adapter to ``sft-adapter/`` when done.
+
+    ``--set`` keys beside the LoRA settings: ``sft.orders`` (``sft_examples``), ``sft.start``
+    (an adapter folder to go on from instead of a new LoRA), ``sft.content_free`` (that many
+    ``spct.harden`` pairs per usable draft added) and ``sft.score_weight`` (the score line's
+    tokens weigh that much in the loss, ``spct.lora_sft.score_weights``)."""
     folder = opts.out / "sft-adapter"
     if folder.exists():
         return {"stage": "sft", "status": "done", "adapter": folder.name}
     extra = stage_settings(opts, "sft")
-    orders = extra.pop("orders", "all")
+    kept = {"orders": extra.pop("orders", "all"), "start": extra.pop("start", None),
+            "content_free": int(extra.pop("content_free", 0)), "score_weight": float(extra.pop("score_weight", 1))}
+    if kept["start"] is not None and not (Path(kept["start"]) / "adapter_config.json").is_file():
+        raise ValueError(f"sft.start: {kept['start']} is not an adapter folder (no adapter_config.json)")
     settings = LoraSettings(seed=opts.seed, **extra)
     base = resolve_model(opts.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    examples = sft_examples(tokenizer, template, items, read_drafts(opts.shared), opts.seed, orders)
+    rows = read_drafts(opts.shared)
+    examples = sft_examples(tokenizer, template, items, rows, opts.seed, kept["orders"])
     if not examples:
         raise ValueError(f"{opts.shared / 'drafts.jsonl'}: no usable draft to train on; run the draft stage first")
-    model = add_lora(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), settings)
-    figures = train_lora(model, examples, settings, opts.out / "sft", opts.stage_minutes * 60, log)
+    if kept["content_free"]:
+        examples += hardening_examples(tokenizer, template, items, rows, opts.seed, kept["content_free"])
+    weights = score_weights(tokenizer, examples, kept["score_weight"]) if kept["score_weight"] != 1 else None
+    model = (_trainable(base, Path(kept["start"])) if kept["start"] else
+             add_lora(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), settings))
+    figures = train_lora(model, examples, settings, opts.out / "sft", opts.stage_minutes * 60, log, weights)
     done = figures["steps"] >= figures["planned_steps"]
     if done:
         save_adapter(model, folder, opts.base, template)
     return {"stage": "sft", "status": "done" if done else "partial", "examples": len(examples),
             "prompt_tokens_mean": sum(len(e.prompt_ids) for e in examples) / len(examples),
             "target_tokens_mean": sum(len(e.target_ids) for e in examples) / len(examples),
-            "settings": {**vars(settings), "orders": orders}, **figures}
+            "settings": {**vars(settings), **kept}, **figures}
 
 
 def rft_sample(opts: EnglishOptions, items: list[LabeledItem], pool: list[int], settings: dict, deadline: float,
@@ -352,18 +365,10 @@ def bt_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledI
     figures = train_bt(model, pairs, settings, opts.out / "bt", pad, opts.stage_minutes * 60, log)
     if figures["steps"] < figures["planned_steps"]:
         return {"stage": "bt", "status": "partial", "pairs": len(pairs), **figures}
-    began = time.monotonic()
     lines = write_validation(opts).read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
-    val = [record_item(r) for r in records]
-    correct = np.array(bt_correct(model, [pair_ids(tokenizer, template, it) for it in val], pad))
-    sources = np.array([str(r.get("source", "")).split(":")[0] for r in records])
-    by_source = {name: item_bootstrap(correct[sources == name], seed=opts.seed).to_json()
-                 for name in sorted(set(sources))}
     return {"stage": "bt", "status": "done", "pairs": len(pairs), "pairs_from": which, **figures,
-            "validation": {"pairs": len(val), "wall_s": round(time.monotonic() - began, 1),
-                           **item_bootstrap(correct, seed=opts.seed).to_json(),
-                           "by_source": by_source}}
+            "validation": bt_validation(model, tokenizer, template, records, pad, opts.seed)}
 
 
 def run(opts: EnglishOptions, log=print) -> list[dict]:

@@ -28,6 +28,7 @@ import torch
 
 from grm.judge import save_template
 from grm.lora import ADAPTER_CONFIG
+from grm.parsing import SCORES_HEADER
 from grm.seeds import mix_seed
 from grm.templates import JudgeTemplate
 from policy.logprobs import Example, batch_logprobs
@@ -104,18 +105,41 @@ def batches(count: int, settings: LoraSettings, lengths: Sequence[int] | None = 
     return out[:total]
 
 
-def nll_loss(examples: Sequence[Example]):
-    """The SFT loss: mean negative log-likelihood of the target tokens of a batch."""
+def nll_loss(examples: Sequence[Example], weights: Sequence[Sequence[float]] | None = None):
+    """The SFT loss: mean negative log-likelihood of the target tokens of a batch, each token
+    counted ``weights[example][token]`` times when weights are given (``score_weights``)."""
     def loss(model, indices: list[int]) -> tuple[torch.Tensor, int]:
         logp, mask = batch_logprobs(model, [examples[i] for i in indices])
-        return -(logp * mask).sum() / mask.sum(), int(mask.sum())
+        tokens = int(mask.sum())
+        if weights is not None:
+            w = torch.zeros_like(mask)
+            for row, i in enumerate(indices):
+                w[row, :len(weights[i])] = torch.tensor(weights[i], dtype=w.dtype)
+            mask = mask * w
+        return -(logp * mask).sum() / mask.sum(), tokens
     return loss
 
 
+def score_weights(tokenizer, examples: Sequence[Example], weight: float) -> list[tuple[float, ...]]:
+    """Per example, a weight per target token: 1 up to the judgment's last score line, ``weight``
+    from it on. The score line is where the verdict is; in a plain SFT loss its few tokens are
+    outweighed by the hundred-odd of principles and critiques before it."""
+    marker = tuple(tokenizer("\n" + SCORES_HEADER, add_special_tokens=False).input_ids)
+    out = []
+    for e in examples:
+        starts = [j for j in range(len(e.target_ids) - len(marker) + 1) if e.target_ids[j:j + len(marker)] == marker]
+        if not starts:
+            raise ValueError(f"a training target has no {SCORES_HEADER!r} line to weight")
+        cut = starts[-1] + 1  # the line starts after the newline
+        out.append((1.0,) * cut + (float(weight),) * (len(e.target_ids) - cut))
+    return out
+
+
 def train_lora(model, examples: Sequence[Example], settings: LoraSettings, state_dir: Path,
-               deadline_s: float | None = None, log=print) -> dict:
-    """SFT on ``examples`` (see ``train_resumable``)."""
-    return train_resumable(model, len(examples), nll_loss(examples), settings, state_dir, deadline_s, log,
+               deadline_s: float | None = None, log=print,
+               weights: Sequence[Sequence[float]] | None = None) -> dict:
+    """SFT on ``examples``, with token ``weights`` if given (see ``nll_loss``, ``train_resumable``)."""
+    return train_resumable(model, len(examples), nll_loss(examples, weights), settings, state_dir, deadline_s, log,
                            lengths=[len(e.prompt_ids) + len(e.target_ids) for e in examples])
 
 
