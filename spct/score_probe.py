@@ -14,6 +14,8 @@ the reversed ones (3 and 7), in four settings:
 A judge that scores the answers prefers the labelled scores in all four; one that copies the
 critiques' tone prefers them with the drafted lines and the reversed ones with swapped lines;
 one that scores positions prefers them when the better answer is first and not when second.
+Summed over the two orders, a pair's margins take the pull of position out: the share of
+pairs where they favour the labelled scores is what the judge reads from the answers.
 
 Example::
 
@@ -56,7 +58,9 @@ def score_probe(model, tokenizer, template: JudgeTemplate, items: Sequence[Label
                 rows: Sequence[dict]) -> dict:
     """Per setting (``drafted``, ``swapped``) and position of the better answer (``first``,
     ``second``): the share of the usable two-answer ``rows`` whose labelled scores are likelier
-    than the reversed ones, and the mean log-probability margin."""
+    than the reversed ones, and the mean log-probability margin; and ``both_orders``: the
+    share whose margins summed over the two orders favour the labelled scores (the verdict
+    with the pull of position taken out)."""
     model.eval()
     margins: dict[str, dict[str, list[float]]] = {s: {"first": [], "second": []} for s in ("drafted", "swapped")}
     for row in rows:
@@ -69,7 +73,11 @@ def score_probe(model, tokenizer, template: JudgeTemplate, items: Sequence[Label
             for position, first in (("first", labeled.best), ("second", 1 - labeled.best)):
                 margins[setting][position].append(
                     label_margin(model, tokenizer, template, labeled, d, (first, 1 - first)))
-    return {setting: {position: {"pairs": len(m), "labelled_likelier": sum(x > 0 for x in m) / max(1, len(m)),
-                                 "mean_margin": sum(m) / max(1, len(m))}
-                      for position, m in by_position.items()}
-            for setting, by_position in margins.items()}
+    out = {}
+    for setting, by_position in margins.items():
+        out[setting] = {position: {"pairs": len(m), "labelled_likelier": sum(x > 0 for x in m) / max(1, len(m)),
+                                   "mean_margin": sum(m) / max(1, len(m))} for position, m in by_position.items()}
+        summed = [a + b for a, b in zip(by_position["first"], by_position["second"])]
+        out[setting]["both_orders"] = {"pairs": len(summed),
+                                       "labelled_likelier": sum(x > 0 for x in summed) / max(1, len(summed))}
+    return out

@@ -184,7 +184,7 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
         journal = Journal(settings.journal, {"model": model, "samples": samples, "temperature": settings.temperature,
                                              "max_new_tokens": settings.max_new_tokens, "seed": settings.seed,
                                              "meta": meta})
-    resumed = len(journal.done) if journal is not None else 0
+    resumed = sum(item.line in journal.done for item in items) if journal is not None else 0  # of these items
     began = time.monotonic()
     kept, sampled, greedy, failed = score_items(
         scorer, list(items), samples=samples, temperature=settings.temperature,
@@ -218,7 +218,8 @@ def evaluate(scorer: Scorer, model: dict, items: Sequence, skipped: Sequence, se
         "greedy_valid_rate": float(np.mean([g.num_valid for g in greedy])),
         "greedy_invalid_reasons": _sum_reasons(greedy),
         "timing": {"seconds": seconds, "items_from_journal": resumed,
-                   "judgments_per_s": (len(kept) + len(failed) - resumed) * (samples + 1) / max(seconds, 1e-9)},
+                   "judgments_per_s": ((len(items) - resumed) * (samples + 1) / max(seconds, 1e-9)
+                                       if len(items) > resumed else None)},  # None: nothing judged this run
         "tokens_per_item": {str(k): float(np.mean([sum(j.num_tokens for j in r.judgments[:k]) for r in sampled]))
                             for k in ks},
     }

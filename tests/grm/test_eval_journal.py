@@ -32,6 +32,11 @@ def test_a_rerun_scores_only_the_items_the_journal_lacks_and_reports_the_same(tm
     assert len(first_jobs) == 4  # a sampled and a greedy job per item
     resumed = evaluate(_counting(local_scorer(grm), second_jobs), model, items, [], settings)
     assert len(second_jobs) == 2 and resumed.report["timing"]["items_from_journal"] == 2
+    assert resumed.report["timing"]["judgments_per_s"] > 0
+    # a report rebuilt from the journal alone, on fewer items than it holds: nothing judged, no rate
+    rebuilt = evaluate(_counting(local_scorer(grm), second_jobs), model, items[:2], [], settings)
+    assert len(second_jobs) == 2 and rebuilt.report["timing"]["items_from_journal"] == 2
+    assert rebuilt.report["timing"]["judgments_per_s"] is None
     fresh = evaluate(local_scorer(grm), model, items, [], EvalSettings(**{**vars(settings), "journal": None}))
     assert resumed.report["accuracy"] == fresh.report["accuracy"]
     assert [r.judgments for r in resumed.sampled] == [r.judgments for r in fresh.sampled]

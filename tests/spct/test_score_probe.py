@@ -40,6 +40,6 @@ def test_the_probe_counts_each_usable_two_answer_pair_once_per_setting_and_posit
     probe = score_probe(model, tokenizer, TEMPLATE, items, rows)
     assert set(probe) == {"drafted", "swapped"}
     for setting in probe.values():
-        assert set(setting) == {"first", "second"}
+        assert set(setting) == {"first", "second", "both_orders"}
         for entry in setting.values():
             assert entry["pairs"] == 3 and 0 <= entry["labelled_likelier"] <= 1
