@@ -49,6 +49,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from grm.eval.grounding import check_quotes
 from grm.eval.splits import record_prompt, split_of
 from grm.judge import GenerativeRewardModel
+from grm.lora import is_adapter
 from grm.pretrained import resolve_model
 from grm.prompts import shown_response
 from grm.seeds import mix_seed
@@ -130,8 +131,8 @@ def sft_examples(tokenizer, template: JudgeTemplate, items: list[LabeledItem], r
                  orders: str = "all"):
     """Training examples from the usable drafts: every response order of every pair
     (``orders="all"``), or one order per pair drawn by the pair's seed (``"one"``: half the
-    examples; the labelled answer is shown first in about half of them), or, for two
-    responses, the order ``"one"`` does not draw (``"other"``: a round after a one-order one)."""
+    examples; the labelled answer is shown first in about half of them), or every order but
+    the one ``"one"`` draws (``"other"``: for a round after a one-order round)."""
     if orders not in ("all", "one", "other"):
         raise ValueError(f'sft.orders must be "all", "one" or "other", got {orders!r}')
     examples = []
@@ -155,16 +156,16 @@ def sft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
     """LoRA SFT on the drafted judgments; writes the adapter to ``sft-adapter/`` when done.
 
     ``--set`` keys beside the LoRA settings: ``sft.orders`` (``sft_examples``), ``sft.start``
-    (an adapter folder to go on from instead of a new LoRA), ``sft.content_free`` (that many
-    ``spct.harden`` pairs per usable draft added) and ``sft.score_weight`` (the score line's
-    tokens weigh that much in the loss, ``spct.lora_sft.score_weights``)."""
+    (an adapter folder to go on from, its rank and layers kept, instead of a new LoRA),
+    ``sft.content_free`` (that many ``spct.harden`` pairs per usable draft added) and
+    ``sft.score_weight`` (the score line's tokens weigh that much in the loss)."""
     folder = opts.out / "sft-adapter"
     if folder.exists():
         return {"stage": "sft", "status": "done", "adapter": folder.name}
     extra = stage_settings(opts, "sft")
     kept = {"orders": extra.pop("orders", "all"), "start": extra.pop("start", None),
             "content_free": int(extra.pop("content_free", 0)), "score_weight": float(extra.pop("score_weight", 1))}
-    if kept["start"] is not None and not (Path(kept["start"]) / "adapter_config.json").is_file():
+    if kept["start"] is not None and not is_adapter(kept["start"]):
         raise ValueError(f"sft.start: {kept['start']} is not an adapter folder (no adapter_config.json)")
     settings = LoraSettings(seed=opts.seed, **extra)
     base = resolve_model(opts.base)
