@@ -73,11 +73,12 @@ def score_probe(model, tokenizer, template: JudgeTemplate, items: Sequence[Label
             for position, first in (("first", labeled.best), ("second", 1 - labeled.best)):
                 margins[setting][position].append(
                     label_margin(model, tokenizer, template, labeled, d, (first, 1 - first)))
+    def share(m: list[float]) -> dict:
+        return {"pairs": len(m), "labelled_likelier": sum(x > 0 for x in m) / max(1, len(m))}
+
     out = {}
     for setting, by_position in margins.items():
-        out[setting] = {position: {"pairs": len(m), "labelled_likelier": sum(x > 0 for x in m) / max(1, len(m)),
-                                   "mean_margin": sum(m) / max(1, len(m))} for position, m in by_position.items()}
-        summed = [a + b for a, b in zip(by_position["first"], by_position["second"])]
-        out[setting]["both_orders"] = {"pairs": len(summed),
-                                       "labelled_likelier": sum(x > 0 for x in summed) / max(1, len(summed))}
+        out[setting] = {position: {**share(m), "mean_margin": sum(m) / max(1, len(m))}
+                        for position, m in by_position.items()}
+        out[setting]["both_orders"] = share([a + b for a, b in zip(by_position["first"], by_position["second"])])
     return out

@@ -86,10 +86,9 @@ def test_sft_goes_on_from_an_adapter_with_content_free_pairs_and_a_weighted_scor
                           items_per_source=4, extra={**small, "sft.orders": "one"})
     run(opts, log=lambda _: None)
     start = first / "sft-adapter"
-    logs = []
     [done] = run(EnglishOptions(**{**vars(opts), "out": second, "drafts_from": first,
                                    "extra": {**small, "sft.orders": "other", "sft.start": str(start),
-                                             "sft.content_free": 1, "sft.score_weight": 10}}), log=logs.append)
+                                             "sft.content_free": 1, "sft.score_weight": 10}}), log=lambda _: None)
     assert done["status"] == "done" and done["examples"] == 8  # 4 other-order drafts + 4 content-free pairs
     assert done["settings"]["start"] == str(start) and done["settings"]["score_weight"] == 10.0
     assert done["settings"]["orders"] == "other" and done["settings"]["content_free"] == 1
