@@ -3,6 +3,8 @@
     grm train-english --data hh.jsonl rmbench.jsonl oasst.jsonl --out runs/english
     grm train-english --data ... --out runs/english --stages draft --stage-minutes 30
     grm train-english --data ... --out runs/english2 --drafts-from runs/english --stages sft
+    grm train-english --data ... --out runs/english4 --drafts-from runs/english --stages verdict \
+        --set verdict.start=runs/english3/sft-adapter --set verdict.hold_out=60
 
 Rerun the same command after a stop: finished stages are skipped and a stopped one resumes
 from its files (``spct.english``). Each stage appends a line to ``OUT/report.jsonl``.
@@ -18,7 +20,8 @@ from pathlib import Path
 from spct.english import ENGLISH_TEMPLATE, STAGES, EnglishOptions, run as run_stages
 
 NAME = "train-english"
-HELP = "train the English judge (cold-start drafts, LoRA SFT, RFT, hardening, Bradley-Terry baseline), resumable"
+HELP = ("train the English judge (cold-start drafts, LoRA SFT, RFT, hardening, verdict, Bradley-Terry baseline), "
+        "resumable")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -67,6 +67,11 @@ class Draft:
     def ok(self) -> bool:
         return not self.reason
 
+    def exchanged(self) -> "Draft":
+        """The same draft with the two critique sentences exchanged (each quote stays with its
+        own response): the better answer now carries the worse one's critique."""
+        return Draft(self.principles, tuple(reversed(self.critiques)), self.quotes, self.reason, self.tokens)
+
     def to_json(self) -> dict:
         return asdict(self)
 

@@ -16,7 +16,9 @@ The stages, in order (``grm train-english --out DIR`` runs those not yet done):
 4. ``harden``: from the RFT adapter, its kept judgments again plus pairs that put a training
    pair's best response beside a content-free answer scored low (``spct.harden``), against
    rewarding non-answers; writes ``harden-adapter/``;
-5. ``bt``: the scalar baseline users would otherwise train, a Bradley-Terry reward model on
+5. ``verdict``: a Bradley-Terry loss on the judge's own score line (``spct.verdict``), from
+   the run's latest adapter or ``verdict.start``; writes ``verdict-adapter/``;
+6. ``bt``: the scalar baseline users would otherwise train, a Bradley-Terry reward model on
    the same base (``spct.bt_rm``), with its validation accuracy. By default it is fit on the
    very pairs the judge was fine-tuned on (those with a usable draft); ``--set
    bt.pairs=all`` takes every training pair instead.
@@ -59,10 +61,11 @@ from spct.cold_start import draft_from_json, draft_scores, judgment_text
 from spct.data import LabeledItem, load_preference_splits, make_example, read_jsonl
 from spct.drafting import draft_stage, read_drafts
 from spct.harden import hardening_examples
-from spct.lora_sft import LoraSettings, add_lora, save_adapter, score_weights, train_lora
+from spct.lora_sft import LoraSettings, add_lora, load_trainable, save_adapter, score_weights, train_lora
 from spct.rft import Trajectory, rft_filter, sample_groups
+from spct.verdict import verdict_stage
 
-STAGES = ("draft", "sft", "rft", "harden", "bt")
+STAGES = ("draft", "sft", "rft", "harden", "verdict", "bt")
 ENGLISH_TEMPLATE = "grm-english-v1"
 RFT_CHUNK = 32  # pairs per judge call while sampling for RFT (x samples rows)
 
@@ -177,7 +180,7 @@ def sft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
     if kept["content_free"]:
         examples += hardening_examples(tokenizer, template, items, rows, opts.seed, kept["content_free"])
     weights = score_weights(tokenizer, examples, kept["score_weight"]) if kept["score_weight"] != 1 else None
-    model = (_trainable(base, Path(kept["start"])) if kept["start"] else
+    model = (load_trainable(base, Path(kept["start"])) if kept["start"] else
              add_lora(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), settings))
     figures = train_lora(model, examples, settings, opts.out / "sft", opts.stage_minutes * 60, log, weights)
     done = figures["steps"] >= figures["planned_steps"]
@@ -265,7 +268,7 @@ def rft_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labeled
     base = resolve_model(opts.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     examples = _kept_examples(tokenizer, template, items, kept)
-    model = _trainable(base, sft)
+    model = load_trainable(base, sft)
     figures = train_lora(model, examples, settings, opts.out / "rft", max(1.0, deadline - time.monotonic()), log)
     done = figures["steps"] >= figures["planned_steps"]
     if done:
@@ -288,12 +291,6 @@ def _kept_examples(tokenizer, template: JudgeTemplate, items: list[LabeledItem],
     return [make_example(tokenizer, template, items[i].item, s["permutation"], s["text"]) for i, s in kept]
 
 
-def _trainable(base: str, adapter: Path):
-    from peft import PeftModel
-    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter),
-                                     is_trainable=True)
-
-
 def harden_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[LabeledItem], log=print) -> dict:
     """From the RFT adapter: its kept judgments again (the first ``harden.replay``; default all),
     plus ``harden.per_pair`` pairs of a usable draft's best response beside a content-free
@@ -311,7 +308,7 @@ def harden_stage(opts: EnglishOptions, template: JudgeTemplate, items: list[Labe
     pairs = hardening_examples(tokenizer, template, items, read_drafts(opts.shared), opts.seed, per_pair)
     if not pairs:
         raise ValueError(f"{opts.shared / 'drafts.jsonl'}: no usable draft to build hardening pairs from")
-    model = _trainable(base, start)
+    model = load_trainable(base, start)
     figures = train_lora(model, replay + pairs, settings, opts.out / "harden", opts.stage_minutes * 60, log)
     done = figures["steps"] >= figures["planned_steps"]
     if done:
@@ -388,6 +385,8 @@ def run(opts: EnglishOptions, log=print) -> list[dict]:
             entry = rft_stage(opts, template, items, log)
         elif stage == "harden":
             entry = harden_stage(opts, template, items, log)
+        elif stage == "verdict":
+            entry = verdict_stage(opts, stage_settings(opts, "verdict"), template, items, resolve_model(opts.base), log)
         else:
             entry = bt_stage(opts, template, items, log)
         append_report(opts.out, entry)

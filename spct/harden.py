@@ -76,16 +76,24 @@ def content_free(query: str, kind: str, rng: random.Random) -> str:
     raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
-def hardening_judgment(template: JudgeTemplate, labeled: LabeledItem, draft: Draft, kind: str,
-                       rng: random.Random) -> tuple[ScoreInput, tuple[int, int], str]:
-    """The labelled best response beside a content-free one of ``kind``: the pair (real answer
-    first), the order it is shown in (drawn) and the judgment the judge should write for it."""
+def hardening_pair(template: JudgeTemplate, labeled: LabeledItem, draft: Draft, kind: str,
+                   rng: random.Random) -> tuple[ScoreInput, Draft]:
+    """The labelled best response beside a content-free one of ``kind`` (real answer first),
+    and the draft for it: the pair's principles, the best response's critique and quote, a
+    critique of the non-answer that quotes it."""
     item, best = labeled.item, labeled.best
     empty = content_free(item.query, kind, rng)
     pair = ScoreInput(item.conversation, [item.responses[best], empty], item.principles, item.reference)
     quote = first_words(shown_response(template, empty)) or empty.strip()
-    judged = Draft(draft.principles, (draft.critiques[best], rng.choice(CRITIQUES[kind])),
-                   (draft.quotes[best], quote))
+    return pair, Draft(draft.principles, (draft.critiques[best], rng.choice(CRITIQUES[kind])),
+                       (draft.quotes[best], quote))
+
+
+def hardening_judgment(template: JudgeTemplate, labeled: LabeledItem, draft: Draft, kind: str,
+                       rng: random.Random) -> tuple[ScoreInput, tuple[int, int], str]:
+    """``hardening_pair``, the order it is shown in (drawn) and the judgment the judge should
+    write for it."""
+    pair, judged = hardening_pair(template, labeled, draft, kind, rng)
     real = rng.randint(5, 9)
     scores = (real, rng.randint(1, 2))
     permutation = rng.choice([(0, 1), (1, 0)])

@@ -71,6 +71,15 @@ def add_lora(model, settings: LoraSettings, task_type: str = "CAUSAL_LM", module
     return get_peft_model(model, config)
 
 
+def load_trainable(base: str, adapter: Path):
+    """The fp32 ``base`` with the LoRA ``adapter`` on it, its weights trainable (rank and layers its own)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+
+
 def schedule(step: int, total: int, peak: float) -> float:
     warm = max(1, total // 20)
     if step < warm:

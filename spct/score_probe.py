@@ -68,8 +68,7 @@ def score_probe(model, tokenizer, template: JudgeTemplate, items: Sequence[Label
         if row["reason"] or len(labeled.item.responses) != 2:
             continue
         draft = draft_from_json(row)
-        swapped = Draft(draft.principles, tuple(reversed(draft.critiques)), draft.quotes)
-        for setting, d in (("drafted", draft), ("swapped", swapped)):
+        for setting, d in (("drafted", draft), ("swapped", draft.exchanged())):
             for position, first in (("first", labeled.best), ("second", 1 - labeled.best)):
                 margins[setting][position].append(
                     label_margin(model, tokenizer, template, labeled, d, (first, 1 - first)))
