@@ -55,7 +55,7 @@ from spct.lora_sft import LoraSettings, load_trainable, save_adapter, train_resu
 
 ADAPTERS = ("harden", "rft", "sft")  # a run's adapters, latest first: the stage's default start
 SHAPE = ("rank", "alpha", "dropout", "top_layers")  # LoRA settings an adapter keeps when training goes on
-BEGUN = "begun.json"  # in the stage's state folder: the start and case count of its first run
+BEGUN = "begun.json"  # in the stage's state folder: the start, case count and grouping of its first run
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,15 @@ def verdict_loss(tokenizer, template: JudgeTemplate, items: Sequence[LabeledItem
     return loss
 
 
+def by_pair(loss_fn):
+    """``loss_fn`` over cases made a loss over pairs: a pair's index stands for its four cases
+    (``verdict_cases`` and ``content_free_cases`` list them together), so every step holds
+    both orders of each pair it trains on and the pull of position cancels within the step."""
+    def loss(model, indices: list[int]):
+        return loss_fn(model, [4 * i + j for i in indices for j in range(4)])
+    return loss
+
+
 def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[LabeledItem], base: str,
                   log=print) -> dict:
     """The ``verdict`` stage of ``spct.english`` (``opts``: its EnglishOptions; ``base``: the
@@ -151,9 +160,12 @@ def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[Lab
     ``nll_weight`` (default 1), ``content_free`` (content-free pairs per draft, default 0;
     ``content_free_cases``) and the training settings ``epochs`` (passes over the four
     cases of every pair; default 0.25, about one case per pair), ``batch_size`` (cases a step;
-    default 4), ``lr``, ``save_every``. The adapter keeps its own rank, alpha, dropout and
-    layers. The start and the number of cases are written down on the first run: a rerun
-    that would resume the saved steps on another start or other cases is refused."""
+    default 4), ``lr``, ``save_every``; ``group`` (``case``, default, or ``pair``: each step
+    takes whole pairs, their four cases together, ``by_pair``; then ``epochs`` counts passes
+    over the pairs and ``batch_size`` pairs a step, default 1). The adapter keeps its own
+    rank, alpha, dropout and layers. The start, the number of cases and the grouping are
+    written down on the first run: a rerun that would resume the saved steps on another start,
+    other cases or another grouping is refused."""
     folder, state = opts.out / "verdict-adapter", opts.out / "verdict"
     if folder.exists():
         return {"stage": "verdict", "status": "done", "adapter": folder.name}
@@ -161,11 +173,14 @@ def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[Lab
     if shape := [k for k in SHAPE if k in settings]:
         raise ValueError(f"verdict.{shape[0]}: the verdict stage goes on from an adapter and keeps its "
                          f"{', '.join(SHAPE)}")
-    numbers = {"hold_out": int(settings.pop("hold_out", 0)), "nll_weight": float(settings.pop("nll_weight", 1.0)),
+    settled = {"hold_out": int(settings.pop("hold_out", 0)), "nll_weight": float(settings.pop("nll_weight", 1.0)),
                "content_free": int(settings.pop("content_free", 0))}
-    for key, value in numbers.items():
+    for key, value in settled.items():
         if value < 0:
             raise ValueError(f"verdict.{key} must be >= 0, got {value}")
+    settled["group"] = settings.pop("group", "case")
+    if settled["group"] not in ("case", "pair"):
+        raise ValueError(f'verdict.group must be "case" or "pair", got {settled["group"]!r}')
     begun = json.loads((state / BEGUN).read_text()) if (state / BEGUN).exists() else None
     start = settings.pop("start", None) or (begun and begun["start"])
     if start is None:
@@ -176,8 +191,9 @@ def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[Lab
         start = found[0]
     elif not is_adapter(start):
         raise ValueError(f"verdict.start: {start} is not an adapter folder (no adapter_config.json)")
-    kept = {"start": str(start), **numbers}
-    lora = LoraSettings(seed=opts.seed, **{"epochs": 0.25, "batch_size": 4, **settings})
+    kept = {"start": str(start), **settled}
+    per_pair = kept["group"] == "pair"
+    lora = LoraSettings(seed=opts.seed, **{"epochs": 0.25, "batch_size": 1 if per_pair else 4, **settings})
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = read_drafts(opts.shared)
     cases = verdict_cases(items, rows, kept["hold_out"])
@@ -186,16 +202,19 @@ def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[Lab
                          f"{kept['hold_out']} to train the verdict on")
     if kept["content_free"]:
         cases += content_free_cases(template, items, rows, kept["hold_out"], kept["content_free"], opts.seed)
-    now = {"start": kept["start"], "cases": len(cases)}
-    if begun is not None and begun != now:
+    now = {"start": kept["start"], "cases": len(cases), "group": kept["group"]}
+    if begun is not None and {"group": "case", **begun} != now:
         raise ValueError(f"{state}: begun from {begun['start']} on {begun['cases']} cases, now {now['start']} on "
-                         f"{now['cases']}; set verdict.start and the drafts as they were, or remove {state}")
+                         f"{now['cases']} (grouped by {now['group']}); set verdict.start, verdict.group and the "
+                         f"drafts as they were, or remove {state}")
     state.mkdir(parents=True, exist_ok=True)
     (state / BEGUN).write_text(json.dumps(now) + "\n")
     model = load_trainable(base, start)
-    figures = train_resumable(model, len(cases), verdict_loss(tokenizer, template, items, cases, opts.seed,
-                                                              kept["nll_weight"]),
-                              lora, state, opts.stage_minutes * 60, log)
+    loss_fn = verdict_loss(tokenizer, template, items, cases, opts.seed, kept["nll_weight"])
+    if kept["group"] == "pair":
+        figures = train_resumable(model, len(cases) // 4, by_pair(loss_fn), lora, state, opts.stage_minutes * 60, log)
+    else:
+        figures = train_resumable(model, len(cases), loss_fn, lora, state, opts.stage_minutes * 60, log)
     done = figures["steps"] >= figures["planned_steps"]
     if done:
         save_adapter(model, folder, opts.base, template)

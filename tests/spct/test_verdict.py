@@ -20,7 +20,8 @@ from spct.cold_start import Draft
 from spct.data import LabeledItem
 from spct.english import EnglishOptions, run
 from spct.lora_sft import LoraSettings, add_lora, train_resumable
-from spct.verdict import case_examples, content_free_cases, first_difference, verdict_cases, verdict_loss
+from spct.verdict import (by_pair, case_examples, content_free_cases, first_difference, verdict_cases,
+                          verdict_loss)
 from test_english import _records, _write_drafts
 
 TEMPLATE = load_template("grm-english-v1")
@@ -108,8 +109,11 @@ def test_the_loss_is_the_bradley_terry_loss_of_the_score_lines_plus_sft_on_draft
             assert full == pytest.approx(float(bt) + sft, abs=1e-4)
             assert tokens == int(sums[0][1] + sums[1][1])
         both, _ = verdict_loss(tokenizer, TEMPLATE, items, cases, 0)(model, [0, 1])
-        one = [verdict_loss(tokenizer, TEMPLATE, items, cases, 0)(model, [i])[0] for i in (0, 1)]
-        assert both == pytest.approx(float(sum(one)) / 2, abs=1e-4)  # a batch's loss is its cases' mean
+        one = [verdict_loss(tokenizer, TEMPLATE, items, cases, 0)(model, [i])[0] for i in range(4)]
+        assert both == pytest.approx(float(sum(one[:2])) / 2, abs=1e-4)  # a batch's loss is its cases' mean
+        pair, tokens = by_pair(verdict_loss(tokenizer, TEMPLATE, items, cases, 0))(model, [0])
+        assert pair == pytest.approx(float(sum(one)) / 4, abs=1e-4)  # pair 0 stands for its four cases
+        assert {c.permutation for c in cases[:4]} == {(0, 1), (1, 0)} and {c.index for c in cases[:4]} == {0}
 
 
 def test_training_on_the_loss_raises_the_labelled_scores_over_the_exchanged_ones(tiny_model_path, tmp_path):
@@ -192,12 +196,19 @@ def test_the_stage_goes_on_from_the_runs_latest_adapter_resumes_on_it_and_holds_
                                        "extra": with_empty}), log=lambda _: None)
     assert hardened["status"] == "done" and hardened["cases"] == 24 and hardened["pairs"] == 3
     assert hardened["settings"]["content_free"] == 1
+    by_pairs = {**small, "verdict.start": str(out / "sft-adapter"), "verdict.group": "pair", "verdict.epochs": 1.0}
+    del by_pairs["verdict.batch_size"]
+    [grouped] = run(EnglishOptions(**{**vars(opts), "out": tmp_path / "grouped", "drafts_from": out,
+                                      "extra": by_pairs}), log=lambda _: None)
+    assert grouped["status"] == "done" and grouped["planned_steps"] == 3  # one pair (four cases) a step
+    assert grouped["settings"]["group"] == "pair" and grouped["settings"]["batch_size"] == 1
 
 
 @pytest.mark.parametrize("setting, message", [({"verdict.start": "{tmp}"}, "verdict.start: .* is not an adapter"),
                                               ({"verdict.hold_out": -1}, "verdict.hold_out must be >= 0"),
                                               ({"verdict.nll_weight": -0.5}, "verdict.nll_weight must be >= 0"),
-                                              ({"verdict.rank": 8}, "verdict.rank: .* keeps its rank")])
+                                              ({"verdict.rank": 8}, "verdict.rank: .* keeps its rank"),
+                                              ({"verdict.group": "batch"}, 'verdict.group must be "case" or "pair"')])
 def test_bad_settings_are_refused_naming_the_setting(tiny_model_path, tmp_path, setting, message):
     data = tmp_path / "toy.jsonl"
     data.write_text("\n".join(_records(8)) + "\n")
