@@ -14,9 +14,12 @@ through ``-log sigmoid(margin)``, the Bradley-Terry loss on the judge's own outp
 pair comes in four cases: the preferred answer shown first or second, and the critique
 sentences as drafted or exchanged (the better answer carrying the worse one's critique).
 Neither the order nor the tone of the critique lines can lower the loss over all four;
-only reading the answers can. On the drafted cases the plain SFT loss of the labelled
-judgment (its mean token loss, times ``nll_weight``) is added so the format and the critiques
+only reading the answers can. On the drafted cases the SFT loss of the judgment up to its
+scores (its mean token loss, times ``nll_weight``) is added so the format and the critiques
 stay as trained; a batch's loss is the mean over its cases, about half of which carry it.
+The SFT loss stops before the scores because only drafted cases carry it: over the scores
+too, it would reward scores that follow the critiques' tone, which the exchanged cases
+cannot take back (``runs/english5``, trained with it, came to follow the critiques).
 With ``content_free`` the cases also put a pair's preferred answer beside a non-answer
 (``spct.harden``), the real answer the labelled one, against rewarding answers that say
 nothing.
@@ -119,8 +122,8 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int:
 def verdict_loss(tokenizer, template: JudgeTemplate, items: Sequence[LabeledItem], cases: Sequence[VerdictCase],
                  seed: int, nll_weight: float = 1.0):
     """``loss_fn(model, indices) -> (loss, tokens)`` for ``train_resumable``: per case,
-    ``-log sigmoid(margin)``, plus ``nll_weight`` times the labelled judgment's mean token
-    loss when its critiques are as drafted; averaged over the batch."""
+    ``-log sigmoid(margin)``, plus ``nll_weight`` times the mean token loss of the labelled
+    judgment before its scores when its critiques are as drafted; averaged over the batch."""
     def loss(model, indices: list[int]) -> tuple[torch.Tensor, int]:
         total, tokens = 0.0, 0
         for i in indices:
@@ -132,8 +135,8 @@ def verdict_loss(tokenizer, template: JudgeTemplate, items: Sequence[LabeledItem
             # training, dropout on the adapter would make the two rows' shared tokens differ
             margins = (logp[:, cut:] * mask[:, cut:]).sum(1)
             term = -F.logsigmoid(margins[0] - margins[1])
-            if nll_weight and not case.exchanged:
-                term = term - nll_weight * (logp[0] * mask[0]).sum() / mask[0].sum()
+            if nll_weight and not case.exchanged and cut:  # the judgment before its scores: format, critiques
+                term = term - nll_weight * (logp[0, :cut] * mask[0, :cut]).sum() / mask[0, :cut].sum()
             total = total + term
             tokens += int(mask.sum())
         return total / len(indices), tokens

@@ -91,21 +91,23 @@ def test_the_two_texts_differ_only_in_the_score_line_and_the_first_ranks_the_lab
         assert shown[0][best] > shown[0][1 - best] and shown[1] == shown[0][::-1]
 
 
-def test_the_loss_is_the_bradley_terry_loss_of_the_score_lines_plus_sft_on_drafted_critiques(tiny):
+def test_the_loss_is_the_bradley_terry_loss_of_the_score_lines_plus_sft_before_them_on_drafted_critiques(tiny):
     model, tokenizer = tiny
     items = _items()
     cases = verdict_cases(items, _rows(1))
     with torch.no_grad():
         for i, case in enumerate(cases):
             sums = []
-            for example in case_examples(tokenizer, TEMPLATE, items[case.index], case, seed=0):  # one text at a time
+            labelled, exchanged = case_examples(tokenizer, TEMPLATE, items[case.index], case, seed=0)
+            cut = first_difference(labelled.target_ids, exchanged.target_ids)
+            for example in (labelled, exchanged):  # one text at a time
                 logp, mask = batch_logprobs(model, [example])
-                sums.append(((logp * mask).sum(), mask.sum()))
+                sums.append(((logp * mask).sum(), mask.sum(), (logp[0, :cut]).sum()))
             bt = -F.logsigmoid(sums[0][0] - sums[1][0])
             plain, _ = verdict_loss(tokenizer, TEMPLATE, items, cases, 0, nll_weight=0)(model, [i])
             full, tokens = verdict_loss(tokenizer, TEMPLATE, items, cases, 0, nll_weight=0.5)(model, [i])
             assert plain == pytest.approx(float(bt), abs=1e-4)
-            sft = 0 if case.exchanged else 0.5 * float(-sums[0][0] / sums[0][1])
+            sft = 0 if case.exchanged else 0.5 * float(-sums[0][2] / cut)  # the judgment before its scores
             assert full == pytest.approx(float(bt) + sft, abs=1e-4)
             assert tokens == int(sums[0][1] + sums[1][1])
         both, _ = verdict_loss(tokenizer, TEMPLATE, items, cases, 0)(model, [0, 1])
