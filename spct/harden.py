@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from grm.prompts import shown_response
 from grm.seeds import mix_seed
@@ -104,11 +104,17 @@ def hardening_examples(tokenizer, template: JudgeTemplate, items: Sequence[Label
                        seed: int, per_pair: int = 1) -> list:
     """``per_pair`` hardening examples for every usable draft row, the kinds taken in turn."""
     examples = []
-    usable = [row for row in rows if not row["reason"]]
-    for n, row in enumerate(usable):
-        rng = random.Random(mix_seed("english-harden", seed, row["index"]))
-        for j in range(per_pair):
-            kind = KINDS[(n * per_pair + j) % len(KINDS)]
-            pair, permutation, text = hardening_judgment(template, items[row["index"]], draft_from_json(row), kind, rng)
-            examples.append(make_example(tokenizer, template, pair, permutation, text))
+    for row, kind, rng in kinds_in_turn([row for row in rows if not row["reason"]], per_pair, "english-harden", seed):
+        pair, permutation, text = hardening_judgment(template, items[row["index"]], draft_from_json(row), kind, rng)
+        examples.append(make_example(tokenizer, template, pair, permutation, text))
     return examples
+
+
+def kinds_in_turn(rows: Sequence[dict], per_pair: int, stream: str,
+                  seed: int) -> Iterator[tuple[dict, str, random.Random]]:
+    """``per_pair`` (row, kind, rng) draws for each of ``rows``, the kinds taken in turn across
+    them; one seeded stream per row (``stream``, the row's index), shared by its draws."""
+    for n, row in enumerate(rows):
+        rng = random.Random(mix_seed(stream, seed, row["index"]))
+        for j in range(per_pair):
+            yield row, KINDS[(n * per_pair + j) % len(KINDS)], rng

@@ -53,7 +53,7 @@ from policy.logprobs import Example, batch_logprobs
 from spct.cold_start import Draft, draft_from_json, draft_scores, judgment_text
 from spct.data import LabeledItem, make_example
 from spct.drafting import read_drafts
-from spct.harden import KINDS, hardening_pair
+from spct.harden import hardening_pair, kinds_in_turn
 from spct.lora_sft import LoraSettings, load_trainable, save_adapter, train_resumable
 
 ADAPTERS = ("harden", "rft", "sft")  # a run's adapters, latest first: the stage's default start
@@ -94,12 +94,9 @@ def content_free_cases(template: JudgeTemplate, items: Sequence[LabeledItem], ro
     ``hold_out``): the labelled best answer beside a non-answer (``spct.harden``, the kinds
     taken in turn), the real answer the labelled one."""
     cases = []
-    for n, row in enumerate(_usable(items, rows, hold_out)):
-        rng = random.Random(mix_seed("verdict-content-free", seed, row["index"]))
-        for j in range(per_pair):
-            kind = KINDS[(n * per_pair + j) % len(KINDS)]
-            pair, draft = hardening_pair(template, items[row["index"]], draft_from_json(row), kind, rng)
-            cases += _four(row["index"], draft, LabeledItem(pair, 0))
+    for row, kind, rng in kinds_in_turn(_usable(items, rows, hold_out), per_pair, "verdict-content-free", seed):
+        pair, draft = hardening_pair(template, items[row["index"]], draft_from_json(row), kind, rng)
+        cases += _four(row["index"], draft, LabeledItem(pair, 0))
     return cases
 
 
