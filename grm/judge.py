@@ -33,12 +33,13 @@ from grm.aggregation import aggregate
 from grm.engine import GenerationEngine, GenerationRequest
 from grm.parsing import parse_judgment, unshuffle
 from grm.pretrained import JUDGES
-from grm.prompts import build_judge_content, encode_prompt, sample_permutations
+from grm.pointwise import merge
+from grm.prompts import build_judge_content, encode_prompt, one_response, sample_permutations
 from grm.seeds import mix_seed
 from grm.shared_principles import DRAFT_MAX_TOKENS, DRAFT_STAGE, draft_item, draft_key, principles_prefix
 from grm.templates import DEFAULT_TEMPLATE, JudgeTemplate, load_template
 from grm.types import (Aggregation, AggregationOptions, Completion, Judgment, Message,
-                       SamplingOptions, ScoreInput, ScoreResult)
+                       SamplingOptions, ScoreInput, ScoreResult, ValidationError)
 
 
 CHECKPOINT_TEMPLATE = "grm_template.json"  # the template a checkpoint was trained with
@@ -70,7 +71,9 @@ class PlanPrompt:
 
     content: str  # the judge's user message
     ids: tuple[int, ...]  # [L] rendered and tokenized
-    permutation: tuple[int, ...]  # [N] the order the responses are shown in
+    # [N] the order the responses are shown in; under a pointwise template (one response a
+    # prompt) the one response shown, (i,)
+    permutation: tuple[int, ...]
     samples: tuple[int, ...]  # which of the k samples use this prompt
 
 
@@ -81,6 +84,9 @@ class Sample:
     prompt: PlanPrompt
     completion: Completion  # token ids kept: RL trains on them
     judgment: Judgment  # scores mapped back to the original response order
+    # Under a pointwise template, every response's (prompt, completion) in response order
+    # (``prompt`` and ``completion`` are the first); the judgment merges them (``grm.pointwise``)
+    parts: tuple[tuple[PlanPrompt, Completion], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ class Plan:
         """(tokens, sequences) the engine holds for this plan: each of the k sequences keeps
         its prompt plus its whole generation budget, the bound a scheduler packs against."""
         tokens = sum(len(p.samples) * (len(p.ids) + self.sampling.max_new_tokens) for p in self.prompts)
-        return tokens, self.sampling.k
+        return tokens, sum(len(p.samples) for p in self.prompts)
 
 
 class GenerativeRewardModel:
@@ -184,7 +190,10 @@ class GenerativeRewardModel:
 
         ``permutations`` (one per sample) replaces the seeded shuffles and ``suffix`` is
         appended to every prompt; training uses both for hinted sampling, serving neither.
+        Under a pointwise template every response is one prompt that all k samples share.
         """
+        if self.template.pointwise:
+            return self._plan_pointwise(item, sampling, aggregation, permutations, suffix)
         aggregation.check(sampling, meta_rm=self.meta_rm is not None)
         if permutations is None:
             perms = sample_permutations(len(item.responses), sampling.k, sampling.seed, sampling.shuffle)
@@ -195,15 +204,30 @@ class GenerativeRewardModel:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, perm in enumerate(perms):
             groups.setdefault(tuple(perm), []).append(i)
-        prompts = []
-        for perm, samples in groups.items():
-            content = build_judge_content(self.template, item, perm) + suffix
-            ids = tuple(encode_prompt(self.engine.tokenizer, content))
-            if len(ids) >= self.max_context:
-                raise InputTooLong(f"the rendered prompt has {len(ids)} tokens; the model's context "
-                                   f"is {self.max_context} tokens, leaving no room to generate")
-            prompts.append(PlanPrompt(content, ids, perm, tuple(samples)))
+        prompts = [self._prompt(build_judge_content(self.template, item, perm) + suffix, perm, samples)
+                   for perm, samples in groups.items()]
         return Plan(item, sampling, aggregation, tuple(prompts))
+
+    def _plan_pointwise(self, item: ScoreInput, sampling: SamplingOptions, aggregation: AggregationOptions,
+                        permutations: Sequence[Sequence[int]] | None, suffix: str) -> Plan:
+        if aggregation.aggregation is Aggregation.META_VOTING:
+            raise ValidationError("aggregation.method", f"META_VOTING rates judgments of all responses at once; "
+                                  f"the template {self.template.version} judges each response alone (pointwise)")
+        aggregation.check(sampling, meta_rm=self.meta_rm is not None)
+        if permutations is not None:
+            raise ValueError(f"the template {self.template.version} shows one response a prompt (pointwise): "
+                             "there is no order of responses to give")
+        single = (0,)
+        prompts = [self._prompt(build_judge_content(self.template, one_response(item, i), single) + suffix, (i,),
+                                range(sampling.k)) for i in range(len(item.responses))]
+        return Plan(item, sampling, aggregation, tuple(prompts))
+
+    def _prompt(self, content: str, shown: Sequence[int], samples: Sequence[int]) -> PlanPrompt:
+        ids = tuple(encode_prompt(self.engine.tokenizer, content))
+        if len(ids) >= self.max_context:
+            raise InputTooLong(f"the rendered prompt has {len(ids)} tokens; the model's context "
+                               f"is {self.max_context} tokens, leaving no room to generate")
+        return PlanPrompt(content, ids, tuple(shown), tuple(samples))
 
     def score_batch(self, items: Sequence[ScoreInput],
                     sampling: SamplingOptions | Sequence[SamplingOptions] = SamplingOptions(),
@@ -243,14 +267,14 @@ class GenerativeRewardModel:
                     owners.append((j, prompt, chosen))
         outputs = self.engine.generate(requests) if requests else []
         texts = [self.engine.tokenizer.decode(h, skip_special_tokens=True) if h else "" for h in heads]
-        by_index: list[dict[int, Sample]] = [{} for _ in plans]
+        by_index: list[dict[int, list[tuple[PlanPrompt, Completion]]]] = [{} for _ in plans]
         sent = [0] * len(plans)
         for (j, prompt, chosen), request, completions in zip(owners, requests, outputs):
             sent[j] += len(request.prompt_ids)
             for index, completion in zip(chosen, completions):
-                judgment = _judgment(completion, len(plans[j].item.responses), prompt.permutation, texts[j])
-                by_index[j][index] = Sample(prompt, completion, judgment)
-        return [([found[i] for i in indices], tokens) for found, indices, tokens in zip(by_index, wanted, sent)]
+                by_index[j].setdefault(index, []).append((prompt, completion))
+        return [([_sample(plan, found[i], text) for i in indices], tokens)
+                for plan, found, indices, tokens, text in zip(plans, by_index, wanted, sent, texts)]
 
     def _shared_principles(self, plans: Sequence[Plan]) -> list[tuple[int, ...]]:
         """Per plan, the principles tokens its samples continue from (``grm.shared_principles``);
@@ -261,9 +285,10 @@ class GenerativeRewardModel:
             return [()] * len(plans)
         requests = []
         for plan in first.values():
-            n = len(plan.item.responses)
-            ids = tuple(encode_prompt(self.engine.tokenizer,
-                                      build_judge_content(self.template, draft_item(plan.item), range(n))))
+            shown = draft_item(plan.item)  # pointwise: the principles for one response stand for each
+            shown = one_response(shown, 0) if self.template.pointwise else shown
+            ids = tuple(encode_prompt(self.engine.tokenizer, build_judge_content(
+                self.template, shown, range(len(shown.responses)))))
             requests.append(GenerationRequest(
                 ids, n=1, temperature=plan.sampling.temperature, top_p=plan.sampling.top_p,
                 max_new_tokens=min(DRAFT_MAX_TOKENS, plan.sampling.max_new_tokens),
@@ -324,6 +349,18 @@ class GenerativeRewardModel:
 def _done(samples: list[Sample], schedule: list[tuple[int, int]]) -> int:
     """The index of the next round: the rounds already drawn end at ``len(samples)``."""
     return sum(end <= len(samples) for _, end in schedule)
+
+
+def _sample(plan: Plan, parts: list[tuple[PlanPrompt, Completion]], head: str) -> Sample:
+    """One sample from its (prompt, completion) parts: one prompt that shows every response,
+    or under a pointwise template one per response, their judgments merged."""
+    n = len(plan.item.responses)
+    if len(parts) == 1 and len(parts[0][0].permutation) == n:
+        prompt, completion = parts[0]
+        return Sample(prompt, completion, _judgment(completion, n, prompt.permutation, head))
+    parts = sorted(parts, key=lambda part: part[0].permutation)
+    judgment = merge([_judgment(completion, 1, (0,), head) for _, completion in parts])
+    return Sample(parts[0][0], parts[0][1], judgment, tuple(parts))
 
 
 def _judgment(completion: Completion, n: int, permutation: tuple[int, ...], head: str = "") -> Judgment:

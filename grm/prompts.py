@@ -58,6 +58,11 @@ def sample_permutations(n: int, k: int, seed: int, shuffle: bool = True) -> list
     return perms
 
 
+def one_response(item: ScoreInput, index: int) -> ScoreInput:
+    """``item`` with response ``index`` alone: what a pointwise template shows per prompt."""
+    return ScoreInput(item.conversation, (item.responses[index],), item.principles, item.reference)
+
+
 def build_judge_content(template: JudgeTemplate, item: ScoreInput, permutation: Sequence[int]) -> str:
     """The full user message to the judge, responses shown in ``permutation`` order."""
     n = len(item.responses)

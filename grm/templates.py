@@ -20,13 +20,16 @@ Example::
 
     t = load_template("grm-default-v2")          # built in, == DEFAULT_TEMPLATE
     t = load_template("path/to/my-template.json")  # same fields as grm/templates/*.json
-    available_templates()  # ['grm-compact-v1', 'grm-default-v1', 'grm-default-v2']
+    available_templates()  # ['grm-compact-v1', 'grm-default-v1', 'grm-default-v2', ...]
 
 Everything a template puts before the conversation is the same for every input
 (``grm-default-v2`` says the number of responses only in its closing output format), so
 an engine with a prefix cache computes that part once for all inputs. ``grm-default-v1``
 named the number in its first sentence, and ``grm-compact-v1`` still does: the bundled GRM
 was trained on that text, and a checkpoint is served with the text it learned.
+
+A template with ``pointwise`` set (``grm-english-point-v1``) shows one response per prompt;
+the judge then renders one prompt per response and merges their judgments (``grm.pointwise``).
 """
 
 from __future__ import annotations
@@ -84,8 +87,14 @@ class JudgeTemplate:
     # each response its first ones; a cut is marked with an ellipsis.
     max_conversation_chars: int | None = None
     max_response_chars: int | None = None
+    # Pointwise: the judge reads one response per prompt, so a request with N responses is
+    # N prompts, each judged on its own, and the verdict compares their scores
+    # (``grm.judge``). A judge that never sees two responses together cannot favour a position.
+    pointwise: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pointwise, bool):
+            raise ValueError(f"JudgeTemplate.pointwise must be true or false, got {self.pointwise!r}")
         for name in ("max_conversation_chars", "max_response_chars"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 16):
@@ -154,7 +163,7 @@ def template_from_dict(data: Mapping, source: str = "template") -> JudgeTemplate
     known = {f.name: f for f in fields(JudgeTemplate)}
     if unknown := sorted(set(data) - set(known)):
         raise ValueError(f"{source}: unknown field(s) {unknown}; known: {sorted(known)}")
-    optional = {"role_labels", "description", "max_conversation_chars", "max_response_chars"}
+    optional = {"role_labels", "description", "max_conversation_chars", "max_response_chars", "pointwise"}
     if missing := [name for name in known if name not in data and name not in optional]:
         raise ValueError(f"{source}: missing field(s) {missing}")
     try:

@@ -69,11 +69,13 @@ def _target_logits(model, inputs: dict, rows: list[int], cols: list[int]) -> tor
     return model(**inputs).logits[rows, cols]
 
 
-def batch_logprobs(model, batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_logprobs(model, batch: Sequence[Example], logits_at: Sequence[int] | None = None):
     """Log-probabilities of every example's target tokens under ``model``.
 
     Returns ``(logp, mask)``, both ``[B, T]`` with T the longest target; mask is 1 on real
-    target tokens. Gradients flow through the shared prefix too.
+    target tokens. Gradients flow through the shared prefix too. With ``logits_at`` (one
+    target index per example), also the whole logits that predict that target token of each
+    example (``[B, V]``, what the model would write there): ``(logp, mask, logits)``.
     """
     device = model.device
     P = _common_prefix([e.prompt_ids for e in batch])
@@ -102,8 +104,13 @@ def batch_logprobs(model, batch: Sequence[Example]) -> tuple[torch.Tensor, torch
         for t, token in enumerate(e.target_ids):
             rows.append(j), cols.append(start + t - 1), tgt.append(token)  # predicted one step earlier
         tmask[j, :len(e.target_ids)] = 1
-    picked = _target_logits(model, inputs, rows, cols).float().log_softmax(-1)  # [sum T_j, V]
+    if logits_at is not None:
+        rows += range(len(batch))
+        cols += [len(e.prompt_ids) - P + t - 1 for e, t in zip(batch, logits_at)]
+    logits = _target_logits(model, inputs, rows, cols).float()  # [sum T_j (+ B), V]
+    at = logits[len(tgt):]
+    picked = logits[:len(tgt)].log_softmax(-1)
     flat = picked.gather(-1, torch.tensor(tgt, device=device)[:, None])[:, 0]
     logp = torch.zeros(len(batch), T, device=device, dtype=flat.dtype)
     logp[tmask.bool().to(device)] = flat  # row-major order matches the (j, t) loop above
-    return logp, tmask.to(device)
+    return (logp, tmask.to(device), at) if logits_at is not None else (logp, tmask.to(device))

@@ -18,6 +18,7 @@ The stages, in order (``grm train-english --out DIR`` runs those not yet done):
    rewarding non-answers; writes ``harden-adapter/``;
 5. ``verdict``: a Bradley-Terry loss on the judge's own score line (``spct.verdict``), from
    the run's latest adapter or ``verdict.start``; writes ``verdict-adapter/``;
+   ``point``: one answer a prompt, a Bradley-Terry loss on its score (``spct.pointwise``);
 6. ``bt``: the scalar baseline users would otherwise train, a Bradley-Terry reward model on
    the same base (``spct.bt_rm``), with its validation accuracy. By default it is fit on the
    very pairs the judge was fine-tuned on (those with a usable draft); ``--set
@@ -63,9 +64,10 @@ from spct.drafting import draft_stage, read_drafts
 from spct.harden import hardening_examples
 from spct.lora_sft import LoraSettings, add_lora, load_trainable, save_adapter, score_weights, train_lora
 from spct.rft import Trajectory, rft_filter, sample_groups
+from spct.pointwise import point_stage
 from spct.verdict import verdict_stage
 
-STAGES = ("draft", "sft", "rft", "harden", "verdict", "bt")
+STAGES = ("draft", "sft", "rft", "harden", "verdict", "point", "bt")
 ENGLISH_TEMPLATE = "grm-english-v1"
 RFT_CHUNK = 32  # pairs per judge call while sampling for RFT (x samples rows)
 
@@ -387,6 +389,8 @@ def run(opts: EnglishOptions, log=print) -> list[dict]:
             entry = harden_stage(opts, template, items, log)
         elif stage == "verdict":
             entry = verdict_stage(opts, stage_settings(opts, "verdict"), template, items, resolve_model(opts.base), log)
+        elif stage == "point":
+            entry = point_stage(opts, stage_settings(opts, "point"), items, resolve_model(opts.base), log)
         else:
             entry = bt_stage(opts, template, items, log)
         append_report(opts.out, entry)

@@ -57,6 +57,8 @@ class Trajectory:
 def sample_groups(grm, items: Sequence[LabeledItem], k: int = RFT_SAMPLES, temperature: float = 1.0,
                   max_new_tokens: int = 256, seed: int = 0, batch_size: int = 16) -> list[list[Trajectory]]:
     """``k`` judgments per item from ``grm`` (a GenerativeRewardModel), judged by the rule."""
+    if grm.template.pointwise:  # its judgments are merged from one prompt per response: no one text to train on
+        raise ValueError(f"RFT trains on judgments of all responses at once; {grm.template.version} is pointwise")
     groups = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]

@@ -83,6 +83,8 @@ def rollouts(grm: GenerativeRewardModel, items: Sequence[LabeledItem], cfg: RLCo
     Drawn through the judge's own sampling seam, so a rollout with a given seed is the
     judgment the served judge would write for that seed.
     """
+    if grm.template.pointwise:  # one prompt per response: a sample is several texts, not one
+        raise ValueError(f"online RL trains on judgments of all responses at once; {grm.template.version} is pointwise")
     plans = [grm.plan(it.item, SamplingOptions(k=GROUP_SIZE, temperature=cfg.temperature,
                                                max_new_tokens=cfg.max_new_tokens, seed=mix_seed(seed, i)))
              for i, it in enumerate(items)]

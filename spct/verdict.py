@@ -41,6 +41,7 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +73,8 @@ class VerdictCase:
     pair: LabeledItem | None = None  # a content-free pair built from the item (None: the item itself)
 
 
-def _usable(items: Sequence[LabeledItem], rows: Sequence[dict], hold_out: int) -> list[dict]:
+def usable_drafts(items: Sequence[LabeledItem], rows: Sequence[dict], hold_out: int) -> list[dict]:
+    """The usable drafts of two-answer pairs, less the first ``hold_out``."""
     return [row for row in rows if not row["reason"] and len(items[row["index"]].item.responses) == 2][hold_out:]
 
 
@@ -85,7 +87,7 @@ def verdict_cases(items: Sequence[LabeledItem], rows: Sequence[dict], hold_out: 
     """Four cases per usable two-answer draft (two orders x critiques drafted or exchanged),
     leaving out the first ``hold_out`` usable two-answer drafts (so a probe on them reads
     pairs this stage did not train on; an earlier SFT round may have)."""
-    return [case for row in _usable(items, rows, hold_out) for case in _four(row["index"], draft_from_json(row))]
+    return [case for row in usable_drafts(items, rows, hold_out) for case in _four(row["index"], draft_from_json(row))]
 
 
 def content_free_cases(template: JudgeTemplate, items: Sequence[LabeledItem], rows: Sequence[dict], hold_out: int,
@@ -94,7 +96,7 @@ def content_free_cases(template: JudgeTemplate, items: Sequence[LabeledItem], ro
     ``hold_out``): the labelled best answer beside a non-answer (``spct.harden``, the kinds
     taken in turn), the real answer the labelled one."""
     cases = []
-    for row, kind, rng in kinds_in_turn(_usable(items, rows, hold_out), per_pair, "verdict-content-free", seed):
+    for row, kind, rng in kinds_in_turn(usable_drafts(items, rows, hold_out), per_pair, "verdict-content-free", seed):
         pair, draft = hardening_pair(template, items[row["index"]], draft_from_json(row), kind, rng)
         cases += _four(row["index"], draft, LabeledItem(pair, 0))
     return cases
@@ -149,6 +151,38 @@ def by_pair(loss_fn):
     return loss
 
 
+def refuse_shape(stage: str, settings: dict) -> None:
+    if shape := [k for k in SHAPE if k in settings]:
+        raise ValueError(f"{stage}.{shape[0]}: the {stage} stage goes on from an adapter and keeps its "
+                         f"{', '.join(SHAPE)}")
+
+
+def begun_start(out: Path, state: Path, stage: str, start: str | None, cases: int, **more) -> str:
+    """The adapter a training stage goes on from: ``start`` (``--set STAGE.start``), else the
+    one its first run began from (``state/begun.json``), else the run's latest adapter of
+    ``ADAPTERS``. The start, the number of cases and ``more`` are written down on the first
+    run; a rerun that would resume the saved steps on another start or other cases is refused."""
+    begun = json.loads((state / BEGUN).read_text()) if (state / BEGUN).exists() else None
+    start = start or (begun and begun["start"])
+    if start is None:
+        found = [out / f"{name}-adapter" for name in ADAPTERS if (out / f"{name}-adapter").exists()]
+        if not found:
+            raise ValueError(f"{out}: the {stage} stage starts from an adapter (sft, rft or harden) of this "
+                             f"run or from --set {stage}.start=FOLDER; none found")
+        start = found[0]
+    elif not is_adapter(start):
+        raise ValueError(f"{stage}.start: {start} is not an adapter folder (no adapter_config.json)")
+    now = {"start": str(start), "cases": cases, **more}
+    if begun is not None and {**now, **begun} != now:
+        kind = "".join(f", {key} {value}" for key, value in more.items())
+        raise ValueError(f"{state}: begun from {begun['start']} on {begun['cases']} cases, now {now['start']} on "
+                         f"{cases}{kind}; set {stage}.start, the other settings and the drafts as they were, "
+                         f"or remove {state}")
+    state.mkdir(parents=True, exist_ok=True)
+    (state / BEGUN).write_text(json.dumps(now) + "\n")
+    return str(start)
+
+
 def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[LabeledItem], base: str,
                   log=print) -> dict:
     """The ``verdict`` stage of ``spct.english`` (``opts``: its EnglishOptions; ``base``: the
@@ -170,9 +204,7 @@ def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[Lab
     if folder.exists():
         return {"stage": "verdict", "status": "done", "adapter": folder.name}
     settings = dict(settings)
-    if shape := [k for k in SHAPE if k in settings]:
-        raise ValueError(f"verdict.{shape[0]}: the verdict stage goes on from an adapter and keeps its "
-                         f"{', '.join(SHAPE)}")
+    refuse_shape("verdict", settings)
     settled = {"hold_out": int(settings.pop("hold_out", 0)), "nll_weight": float(settings.pop("nll_weight", 1.0)),
                "content_free": int(settings.pop("content_free", 0))}
     for key, value in settled.items():
@@ -181,17 +213,7 @@ def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[Lab
     settled["group"] = settings.pop("group", "case")
     if settled["group"] not in ("case", "pair"):
         raise ValueError(f'verdict.group must be "case" or "pair", got {settled["group"]!r}')
-    begun = json.loads((state / BEGUN).read_text()) if (state / BEGUN).exists() else None
-    start = settings.pop("start", None) or (begun and begun["start"])
-    if start is None:
-        found = [opts.out / f"{name}-adapter" for name in ADAPTERS if (opts.out / f"{name}-adapter").exists()]
-        if not found:
-            raise ValueError(f"{opts.out}: the verdict stage starts from an adapter (sft, rft or harden) of this "
-                             "run or from --set verdict.start=FOLDER; none found")
-        start = found[0]
-    elif not is_adapter(start):
-        raise ValueError(f"verdict.start: {start} is not an adapter folder (no adapter_config.json)")
-    kept = {"start": str(start), **settled}
+    start, kept = settings.pop("start", None), settled
     per_pair = kept["group"] == "pair"
     lora = LoraSettings(seed=opts.seed, **{"epochs": 0.25, "batch_size": 1 if per_pair else 4, **settings})
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -202,13 +224,7 @@ def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[Lab
                          f"{kept['hold_out']} to train the verdict on")
     if kept["content_free"]:
         cases += content_free_cases(template, items, rows, kept["hold_out"], kept["content_free"], opts.seed)
-    now = {"start": kept["start"], "cases": len(cases), "group": kept["group"]}
-    if begun is not None and {"group": "case", **begun} != now:
-        raise ValueError(f"{state}: begun from {begun['start']} on {begun['cases']} cases, now {now['start']} on "
-                         f"{now['cases']} (grouped by {now['group']}); set verdict.start, verdict.group and the "
-                         f"drafts as they were, or remove {state}")
-    state.mkdir(parents=True, exist_ok=True)
-    (state / BEGUN).write_text(json.dumps(now) + "\n")
+    start = begun_start(opts.out, state, "verdict", start, len(cases), group=kept["group"])
     model = load_trainable(base, start)
     loss_fn = verdict_loss(tokenizer, template, items, cases, opts.seed, kept["nll_weight"])
     if kept["group"] == "pair":
@@ -220,4 +236,4 @@ def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[Lab
         save_adapter(model, folder, opts.base, template)
     trained = {k: getattr(lora, k) for k in ("epochs", "batch_size", "lr", "save_every", "seed")}
     return {"stage": "verdict", "status": "done" if done else "partial", "cases": len(cases),
-            "pairs": len(cases) // 4 // (1 + kept["content_free"]), "settings": {**trained, **kept}, **figures}
+            "pairs": len(cases) // 4 // (1 + kept["content_free"]), "settings": {**trained, "start": start, **kept}, **figures}

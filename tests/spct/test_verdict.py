@@ -118,6 +118,19 @@ def test_the_loss_is_the_bradley_terry_loss_of_the_score_lines_plus_sft_before_t
         assert {c.permutation for c in cases[:4]} == {(0, 1), (1, 0)} and {c.index for c in cases[:4]} == {0}
 
 
+def trained_loss(tiny_model_path, loss_fn, count: int, folder: Path, epochs: float) -> tuple[float, float]:
+    """``loss_fn`` over all ``count`` cases before and after training a fresh small adapter on them."""
+    settings = LoraSettings(epochs=epochs, batch_size=4, lr=5e-3, rank=4, top_layers=2, dropout=0.0)
+    model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32), settings)
+    model.eval()
+    with torch.no_grad():
+        before = float(loss_fn(model, list(range(count)))[0])
+    train_resumable(model, count, loss_fn, settings, folder / "trained", log=lambda _: None)
+    with torch.no_grad():
+        after = float(loss_fn(model, list(range(count)))[0])
+    return before, after
+
+
 def test_training_on_the_loss_raises_the_labelled_scores_over_the_exchanged_ones(tiny_model_path, tmp_path):
     """On the cases that show the labelled answer first, the order alone can satisfy the loss,
     so a few steps must drive it far below log 2 (a wrong sign would raise it)."""
@@ -125,14 +138,7 @@ def test_training_on_the_loss_raises_the_labelled_scores_over_the_exchanged_ones
     items = _items(2)
     cases = [c for c in verdict_cases(items, _rows(2)) if c.permutation[0] == items[c.index].best]
     loss_fn = verdict_loss(tokenizer, TEMPLATE, items, cases, 0, nll_weight=0)
-    settings = LoraSettings(epochs=8, batch_size=4, lr=5e-3, rank=4, top_layers=2, dropout=0.0)
-    model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32), settings)
-    model.eval()
-    with torch.no_grad():
-        before = float(loss_fn(model, list(range(len(cases))))[0])
-    train_resumable(model, len(cases), loss_fn, settings, Path(tmp_path / "verdict"), log=lambda _: None)
-    with torch.no_grad():
-        after = float(loss_fn(model, list(range(len(cases))))[0])
+    before, after = trained_loss(tiny_model_path, loss_fn, len(cases), tmp_path, epochs=8)
     assert len(cases) == 4 and before > 0.6 and after < 0.1, (before, after)
 
 

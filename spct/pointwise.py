@@ -1,0 +1,196 @@
+"""Train the pointwise judge: each answer judged in its own prompt, ranked by its score.
+
+Five trainings of the judge that reads both answers of a pair in one prompt learned the
+format but left the verdict at a coin, while the same base with a scalar head, reading one
+answer at a time, ranks three pairs in five. This stage trains the judge the way the scalar
+model is trained. A pointwise template (``grm-english-point-v1``) shows one answer; the
+judgment is the drafted principles, the answer's critique line and its score. The
+answer's reward is the expected score the judge would write, read from its next-token
+distribution over the digits 1..9 where the score goes (``expected_score``), and the
+pair's loss is the Bradley-Terry loss ``-log sigmoid(r_preferred - r_other)``: the scalar
+model's loss with the judge's own score as the scalar.
+
+Each pair is trained once a pass with its critique sentences as drafted or exchanged
+(a coin seeded by the pair): the drafted critiques were written knowing which answer is
+preferred, and with the exchanged half a score that followed their tone would lose as
+much as it gains, so only reading the answer lowers the loss. On drafted pairs the
+judgment's SFT loss (mean token loss, the score digit left out, times ``nll_weight``) keeps
+the format and teaches the critique line.
+
+Example::
+
+    cases = point_cases(items, read_drafts(Path("runs/en")), hold_out=60, seed=0)
+    loss_fn = point_loss(tokenizer, template, items, cases, seed=0)
+    train_resumable(model, len(cases), loss_fn, LoraSettings(epochs=1, batch_size=4), Path("runs/p/point"))
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer
+
+from grm.prompts import build_judge_content, encode_prompt, one_response
+from grm.seeds import mix_seed
+from grm.templates import JudgeTemplate, load_template
+from policy.logprobs import Example, batch_logprobs
+from spct.cold_start import Draft, draft_from_json, draft_scores, judgment_text
+from spct.data import LabeledItem
+from spct.drafting import read_drafts
+from spct.lora_sft import LoraSettings, load_trainable, save_adapter, train_resumable
+from spct.verdict import begun_start, refuse_shape, usable_drafts
+
+POINT_TEMPLATE = "grm-english-point-v1"
+SCORES = tuple(range(1, 10))  # the one-token scores the reward is read over
+
+
+@dataclass(frozen=True)
+class PointCase:
+    """A pair as one training case: both answers, each with one critique line."""
+
+    index: int  # of the labelled pair in the training items
+    draft: Draft  # as drafted, or with its critiques exchanged
+    exchanged: bool
+
+
+def point_cases(items: Sequence[LabeledItem], rows: Sequence[dict], hold_out: int, seed: int) -> list[PointCase]:
+    """One case per usable two-answer draft after the first ``hold_out``, its critiques
+    exchanged or not by a coin seeded by the pair."""
+    cases = []
+    for row in usable_drafts(items, rows, hold_out):
+        draft = draft_from_json(row)
+        exchanged = random.Random(mix_seed("point-exchange", seed, row["index"])).random() < 0.5
+        cases.append(PointCase(row["index"], draft.exchanged() if exchanged else draft, exchanged))
+    return cases
+
+
+def point_example(tokenizer, template: JudgeTemplate, labeled: LabeledItem, case: PointCase, answer: int,
+                  seed: int) -> tuple[Example, int]:
+    """Answer ``answer`` of the case's pair alone, its judgment as the reply (+ EOS), and the
+    target index of its score digit. Both answers of a pair get the same principle weights."""
+    alone = Draft(case.draft.principles, (case.draft.critiques[answer],), (case.draft.quotes[answer],))
+    score = draft_scores(labeled.best, 2, random.Random(mix_seed("point-scores", seed, case.index)))[answer]
+    text = judgment_text(alone, (0,), (score,), random.Random(mix_seed("point-weights", seed, case.index)))
+    prompt = encode_prompt(tokenizer, build_judge_content(template, one_response(labeled.item, answer), (0,)))
+    target = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    digit = len(target) - 3  # ... "{", the digit, "}", EOS: scores from draft_scores are one digit
+    if tokenizer.decode(target[digit]) != str(score):
+        raise ValueError(f"the score {score} is not one token before '}}' in the judgment of pair {case.index}")
+    return Example(tuple(prompt), tuple(target)), digit
+
+
+def expected_score(logits: torch.Tensor, digit_ids: Sequence[int]) -> torch.Tensor:  # [B, V] -> [B]
+    """The mean score under the next-token distribution restricted to the digits 1..9."""
+    p = logits[:, list(digit_ids)].softmax(-1)
+    return p @ torch.tensor(SCORES, dtype=p.dtype, device=p.device)
+
+
+def digit_ids(tokenizer) -> list[int]:
+    ids = [tokenizer(str(s), add_special_tokens=False).input_ids for s in SCORES]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError("the pointwise stage needs each of the scores 1..9 to be one token")
+    return [i[0] for i in ids]
+
+
+def point_rewards(model, tokenizer, template: JudgeTemplate, items: Sequence[LabeledItem],
+                  cases: Sequence[PointCase], seed: int):
+    """(rewards ``[2B]``: preferred, other, preferred, ...; SFT token loss per row ``[2B]``; tokens)."""
+    examples, at = [], []
+    for case in cases:
+        labeled = items[case.index]
+        for answer in (labeled.best, 1 - labeled.best):
+            example, digit = point_example(tokenizer, template, labeled, case, answer, seed)
+            examples.append(example), at.append(digit)
+    logp, mask, logits = batch_logprobs(model, examples, logits_at=at)
+    mask = mask.clone()
+    mask[torch.arange(len(at)), torch.tensor(at)] = 0  # the score digit is trained by the BT term only
+    nll = -(logp * mask).sum(1) / mask.sum(1)
+    return expected_score(logits, digit_ids(tokenizer)), nll, int(mask.sum()) + len(at)
+
+
+def point_loss(tokenizer, template: JudgeTemplate, items: Sequence[LabeledItem], cases: Sequence[PointCase],
+               seed: int, nll_weight: float = 1.0):
+    """``loss_fn(model, indices) -> (loss, tokens)`` for ``train_resumable``: per case the
+    Bradley-Terry loss on the two answers' expected scores, plus ``nll_weight`` times the
+    two judgments' mean SFT loss when the critiques are as drafted; averaged over the batch."""
+    def loss(model, indices: list[int]) -> tuple[torch.Tensor, int]:
+        chosen = [cases[i] for i in indices]
+        r, nll, tokens = point_rewards(model, tokenizer, template, items, chosen, seed)
+        drafted = torch.tensor([0.0 if c.exchanged else 1.0 for c in chosen], dtype=nll.dtype)
+        terms = -F.logsigmoid(r[0::2] - r[1::2]) + nll_weight * drafted * (nll[0::2] + nll[1::2]) / 2
+        return terms.mean(), tokens
+    return loss
+
+
+@torch.no_grad()
+def point_correct(model, tokenizer, template: JudgeTemplate, items: Sequence[LabeledItem],
+                  cases: Sequence[PointCase], seed: int, batch: int = 4) -> list[bool]:
+    """Per case: does the preferred answer get the strictly higher expected score?"""
+    model.eval()
+    out = []
+    for start in range(0, len(cases), batch):
+        r, _, _ = point_rewards(model, tokenizer, template, items, cases[start:start + batch], seed)
+        out += (r[0::2] > r[1::2]).tolist()
+    return out
+
+
+def point_stage(opts, settings: dict, items: list[LabeledItem], base: str, log=print) -> dict:
+    """The ``point`` stage of ``spct.english``: from ``point.start`` (default: this run's latest
+    adapter of harden, rft, sft) trains the pointwise judge on every usable two-answer draft
+    after ``point.hold_out`` and writes ``point-adapter/`` (its template the pointwise one).
+
+    ``settings`` (``--set point.KEY``): ``start``, ``hold_out`` (default 0), ``nll_weight``
+    (default 1), ``epochs`` (default 1), ``batch_size`` (pairs a step, default 4), ``lr``
+    (default 3e-4), ``save_every``. The adapter keeps its own rank, alpha, dropout and layers.
+    A rerun that would resume on another start or other cases is refused. With ``hold_out``,
+    the report holds the share of held-out pairs whose preferred answer the trained judge's
+    expected score puts strictly higher (critiques as drafted and as exchanged)."""
+    folder, state = opts.out / "point-adapter", opts.out / "point"
+    if folder.exists():
+        return {"stage": "point", "status": "done", "adapter": folder.name}
+    settings = dict(settings)
+    refuse_shape("point", settings)
+    kept = {"hold_out": int(settings.pop("hold_out", 0)), "nll_weight": float(settings.pop("nll_weight", 1.0))}
+    for key, value in kept.items():
+        if value < 0:
+            raise ValueError(f"point.{key} must be >= 0, got {value}")
+    template = load_template(POINT_TEMPLATE)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    rows = read_drafts(opts.shared)
+    cases = point_cases(items, rows, kept["hold_out"], opts.seed)
+    if not cases:
+        raise ValueError(f"{opts.shared / 'drafts.jsonl'}: no usable two-answer draft past point.hold_out="
+                         f"{kept['hold_out']} to train on")
+    start = begun_start(opts.out, state, "point", settings.pop("start", None), len(cases))
+    lora = LoraSettings(seed=opts.seed, **{"epochs": 1.0, "batch_size": 4, "lr": 3e-4, **settings})
+    model = load_trainable(base, start)
+    lengths = [len(point_example(tokenizer, template, items[c.index], c, 0, opts.seed)[0].prompt_ids) for c in cases]
+    loss_fn = point_loss(tokenizer, template, items, cases, opts.seed, kept["nll_weight"])
+    figures = train_resumable(model, len(cases), loss_fn, lora, state, opts.stage_minutes * 60, log, lengths)
+    trained = {k: getattr(lora, k) for k in ("epochs", "batch_size", "lr", "save_every", "seed")}
+    entry = {"stage": "point", "status": "partial", "pairs": len(cases), "start": str(start),
+             "settings": {**trained, **kept}, **figures}
+    if figures["steps"] < figures["planned_steps"]:
+        return entry
+    save_adapter(model, folder, opts.base, template)
+    if kept["hold_out"]:
+        entry["held_out"] = held_out_shares(model, tokenizer, template, items, rows, kept["hold_out"], opts.seed)
+    return {**entry, "status": "done"}
+
+
+def held_out_shares(model, tokenizer, template: JudgeTemplate, items: Sequence[LabeledItem], rows: Sequence[dict],
+                    hold_out: int, seed: int) -> dict:
+    """On the first ``hold_out`` usable drafts (left out of training): the share of pairs
+    whose preferred answer gets the strictly higher expected score, with the critiques as
+    drafted and as exchanged."""
+    drafts = [(row["index"], draft_from_json(row)) for row in usable_drafts(items, rows, 0)[:hold_out]]
+    shares = {}
+    for name, exchanged in (("drafted", False), ("exchanged", True)):
+        cases = [PointCase(i, d.exchanged() if exchanged else d, exchanged) for i, d in drafts]
+        correct = point_correct(model, tokenizer, template, items, cases, seed)
+        shares[name] = sum(correct) / len(correct)
+    return {"pairs": len(drafts), **shares}
