@@ -170,3 +170,34 @@ class NoisyRuleEngine:
                 samples.append(Completion(tuple(self.tokenizer(text, add_special_tokens=False).input_ids), text, True))
             out.append(samples)
         return out
+
+
+# A pointwise prompt's one answer (template grm-english-point-v1): its position and its text.
+ONE_ANSWER = re.compile(r"\[Answer (\d+)\]\n(.*?)\n\[End of Answer \1\]", re.S)
+
+
+class PointEngine:
+    """Judges the one answer shown: quotes it and scores it by its first integer; the
+    ``broken`` answers (by text) get a judgment without scores."""
+
+    model_id, revision, max_context = "point-engine", "p0", 4096
+
+    def __init__(self, broken: tuple[str, ...] = ()):
+        self.tokenizer = build_tokenizer()
+        self.requests: list = []
+        self.broken = broken
+
+    def generate(self, requests):
+        self.requests.extend(requests)
+        out = []
+        for req in requests:
+            prompt = self.tokenizer.decode(list(req.prompt_ids))
+            shown = ONE_ANSWER.findall(prompt)
+            assert len(shown) == 1, "a pointwise prompt shows one answer"
+            body = shown[0][1]
+            number = re.search(r"\d+", body)  # none in the empty answer principles are drafted for
+            score = "no box" if body in self.broken else "\\boxed{" + (number.group() if number else "5") + "}"
+            text = f'Specific Criteria:\n1. Bigger is better (100%)\nAnalysis:\nAnswer 1: "{body}" is sized.\nScores: {score}'
+            ids = tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
+            out.append([Completion(ids, text, True) for _ in range(req.n)])
+        return out

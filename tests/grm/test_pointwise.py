@@ -8,47 +8,17 @@ checked exactly; the real engine on the tiny model runs the same plans.
 
 from __future__ import annotations
 
-import re
 
 import pytest
 
 from grm import GenerativeRewardModel, SamplingOptions
-from grm.engine import GenerationRequest
 from grm.eval.grounding import check_quotes
 from grm.pointwise import merge, relabel
 from grm.templates import load_template, template_from_dict
-from grm.testing import build_tokenizer
-from grm.types import AggregationOptions, Completion, InvalidReason, Judgment, ScoreInput, ValidationError
+from grm.testing import ONE_ANSWER as ONE, PointEngine
+from grm.types import AggregationOptions, InvalidReason, Judgment, ScoreInput, ValidationError
 
 POINT = load_template("grm-english-point-v1")
-ONE = re.compile(r"\[Answer (\d+)\]\n(.*?)\n\[End of Answer \1\]", re.S)
-
-
-class PointEngine:
-    """Judges the one answer shown: quotes it and scores it by its first integer; the
-    ``broken`` answers (by text) get a judgment without scores."""
-
-    model_id, revision, max_context = "point-engine", "p0", 4096
-
-    def __init__(self, broken: tuple[str, ...] = ()):
-        self.tokenizer = build_tokenizer()
-        self.requests: list[GenerationRequest] = []
-        self.broken = broken
-
-    def generate(self, requests):
-        self.requests.extend(requests)
-        out = []
-        for req in requests:
-            prompt = self.tokenizer.decode(list(req.prompt_ids))
-            shown = ONE.findall(prompt)
-            assert len(shown) == 1, "a pointwise prompt shows one answer"
-            body = shown[0][1]
-            number = re.search(r"\d+", body)  # none in the empty answer principles are drafted for
-            score = "no box" if body in self.broken else "\\boxed{" + (number.group() if number else "5") + "}"
-            text = f'Specific Criteria:\n1. Bigger is better (100%)\nAnalysis:\nAnswer 1: "{body}" is sized.\nScores: {score}'
-            ids = tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
-            out.append([Completion(ids, text, True) for _ in range(req.n)])
-        return out
 
 
 def test_each_response_is_judged_alone_and_the_scores_come_back_in_response_order():

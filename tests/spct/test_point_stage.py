@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from grm.judge import GenerativeRewardModel
 from grm.parsing import parse_judgment
 from grm.templates import load_template
+from grm.testing import PointEngine
 from policy.logprobs import batch_logprobs
 from spct.english import EnglishOptions, run
 from spct.pointwise import POINT_TEMPLATE, digit_ids, expected_score, point_cases, point_example, point_loss
@@ -144,8 +145,6 @@ def test_bad_settings_are_refused_naming_the_setting(tiny_model_path, tmp_path, 
 
 
 def test_rft_and_online_rl_refuse_a_pointwise_judge_instead_of_training_on_one_answers_text():
-    from test_pointwise import PointEngine
-
     from spct.rft import sample_groups
     from spct.rl import RLConfig, rollouts
     judge = GenerativeRewardModel(PointEngine(), POINT)
