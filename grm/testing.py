@@ -197,7 +197,8 @@ class PointEngine:
             body = shown[0][1]
             number = re.search(r"\d+", body)  # none in the empty answer principles are drafted for
             score = "no box" if body in self.broken else "\\boxed{" + (number.group() if number else "5") + "}"
-            text = f'Specific Criteria:\n1. Bigger is better (100%)\nAnalysis:\nAnswer 1: "{body}" is sized.\nScores: {score}'
+            text = (f'Specific Criteria:\n1. Bigger is better (100%)\nAnalysis:\nAnswer 1: "{body}" is sized.\n'
+                    f"Scores: {score}")
             ids = tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
             out.append([Completion(ids, text, True) for _ in range(req.n)])
         return out

@@ -236,4 +236,5 @@ def verdict_stage(opts, settings: dict, template: JudgeTemplate, items: list[Lab
         save_adapter(model, folder, opts.base, template)
     trained = {k: getattr(lora, k) for k in ("epochs", "batch_size", "lr", "save_every", "seed")}
     return {"stage": "verdict", "status": "done" if done else "partial", "cases": len(cases),
-            "pairs": len(cases) // 4 // (1 + kept["content_free"]), "settings": {**trained, "start": start, **kept}, **figures}
+            "pairs": len(cases) // 4 // (1 + kept["content_free"]), "settings": {**trained, "start": start, **kept},
+            **figures}
