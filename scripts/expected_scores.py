@@ -6,7 +6,8 @@ distribution; sampled integer scores often tie. This reads, for every judgment i
 over the scores 1..9 where its score was written (the prompt and the judgment up to its
 box, teacher-forced) and reports accuracy when each judgment's score is that expected
 value: one judgment (the first sample, the greedy one) and the sum over the samples.
-A tie or an unscored judgment counts as wrong, as in ``grm eval``.
+A tie or an unscored judgment counts as wrong (stricter than ``grm eval``, which breaks a
+tie at random).
 
     python scripts/expected_scores.py --adapter runs/english6/point-adapter \
         --data runs/english/validation.jsonl --journal runs/english6/eval-point.journal.jsonl \
@@ -60,7 +61,7 @@ def main() -> None:
     by_line = {it.line: it for it in items}
     rows = [json.loads(line) for line in Path(args.journal).read_text().splitlines()]
     rows = [r for r in rows if "sampled" in r]
-    texts, owners = [], []  # (example, cut index), (row, kind, sample, answer)
+    texts, owners = [], []  # the judgment up to its box; (row, kind, sample, answer)
     for r, row in enumerate(rows):
         item = by_line[row["line"]]
         judged = [(kind, s, parts(j["text"])) for kind in ("sampled", "greedy")

@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from grm.prompts import build_judge_content, encode_prompt, one_response
+from grm.prompts import one_response
 from grm.seeds import mix_seed
 from grm.templates import JudgeTemplate, load_template
 from policy.logprobs import Example, batch_logprobs
 from spct.cold_start import Draft, draft_from_json, draft_scores, judgment_text
-from spct.data import LabeledItem
+from spct.data import LabeledItem, make_example
 from spct.drafting import read_drafts
 from spct.lora_sft import LoraSettings, load_trainable, save_adapter, train_resumable
 from spct.verdict import begun_start, refuse_shape, usable_drafts
@@ -75,12 +75,11 @@ def point_example(tokenizer, template: JudgeTemplate, labeled: LabeledItem, case
     alone = Draft(case.draft.principles, (case.draft.critiques[answer],), (case.draft.quotes[answer],))
     score = draft_scores(labeled.best, 2, random.Random(mix_seed("point-scores", seed, case.index)))[answer]
     text = judgment_text(alone, (0,), (score,), random.Random(mix_seed("point-weights", seed, case.index)))
-    prompt = encode_prompt(tokenizer, build_judge_content(template, one_response(labeled.item, answer), (0,)))
-    target = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    digit = len(target) - 3  # ... "{", the digit, "}", EOS: scores from draft_scores are one digit
-    if tokenizer.decode(target[digit]) != str(score):
+    example = make_example(tokenizer, template, one_response(labeled.item, answer), (0,), text)
+    digit = len(example.target_ids) - 3  # ... "{", the digit, "}", EOS: scores from draft_scores are one digit
+    if tokenizer.decode(example.target_ids[digit]) != str(score):
         raise ValueError(f"the score {score} is not one token before '}}' in the judgment of pair {case.index}")
-    return Example(tuple(prompt), tuple(target)), digit
+    return example, digit
 
 
 def expected_score(logits: torch.Tensor, digit_ids: Sequence[int]) -> torch.Tensor:  # [B, V] -> [B]
