@@ -8,6 +8,11 @@ half of k, with k counting invalid samples too). Invalid samples are counted by 
 they are never turned into a 0 score. The reward for RL is the mean over the samples
 used (1..10 scale); with no usable sample a response is "unscored" (reward None).
 
+A pointwise judge on an engine that can read (``grm.pointwise.read_expected``) also gives
+each judgment its expected scores: the mean of the judge's score distribution where it
+wrote each score. When every used judgment has them, their mean is ``expected_rewards``
+(a reward without ties) and tied vote sums are broken by it before the seeded coin.
+
 Example (k=3, n=2, one sample invalid)::
 
     judgments: scores (8, 5), (6, 7), None (reason wrong_count)
@@ -39,10 +44,12 @@ def aggregate(judgments: Sequence[Judgment], n: int, aggregation: Aggregation = 
             raise ValueError(f"a valid judgment has {len(j.scores)} scores, expected n={n}")
     used = _meta_top(valid, len(judgments), k_meta) if aggregation is Aggregation.META_VOTING else valid
     vote_sums = tuple(sum(j.scores[i] for j in used) for i in range(n))
+    read = bool(used) and all(j.expected_scores is not None for j in used)
+    expected = tuple(sum(j.expected_scores[i] for j in used) / len(used) for i in range(n)) if read else ()
     if used:
         rewards = tuple(s / len(used) for s in vote_sums)
         spread = tuple(statistics.pstdev([j.scores[i] for j in used]) for i in range(n))
-        best = best_index(vote_sums, seed)
+        best = best_index(vote_sums, seed, expected or None)
     else:
         rewards, spread, best = (None,) * n, (None,) * n, None
     # Sorted so that equal results compare and serialize identically.
@@ -50,7 +57,7 @@ def aggregate(judgments: Sequence[Judgment], n: int, aggregation: Aggregation = 
     return ScoreResult(
         rewards=rewards, vote_sums=vote_sums, spread=spread, num_valid=len(valid),
         num_used=len(used), best=best, judgments=tuple(judgments), aggregation=aggregation,
-        invalid_reasons=dict(sorted(reasons.items())),
+        invalid_reasons=dict(sorted(reasons.items())), expected_rewards=expected,
     )
 
 
@@ -68,8 +75,9 @@ def _meta_top(valid: list[Judgment], k: int, k_meta: int | None) -> list[Judgmen
     return [valid[i] for i in sorted(ranked)]
 
 
-def best_index(vote_sums: Sequence[float], seed: int) -> int:
-    """Index of the largest vote sum; ties broken uniformly at random, fixed by ``seed``.
+def best_index(vote_sums: Sequence[float], seed: int, tie_break: Sequence[float] | None = None) -> int:
+    """Index of the largest vote sum. Among tied sums the largest ``tie_break`` (the expected
+    rewards, when read) wins; a tie left after that is broken uniformly at random, fixed by ``seed``.
 
     A fixed tie-break (always the lowest index) would hand position 0 a systematic edge.
     The draw is from ``grm.seeds.rng("grm-best", seed)``.
@@ -78,4 +86,6 @@ def best_index(vote_sums: Sequence[float], seed: int) -> int:
         raise ValueError("vote_sums must not be empty")
     top = max(vote_sums)
     tied = [i for i, s in enumerate(vote_sums) if s == top]
+    if tie_break is not None and len(tied) > 1:
+        tied = [i for i in tied if tie_break[i] == max(tie_break[t] for t in tied)]
     return tied[0] if len(tied) == 1 else rng("grm-best", seed).choice(tied)

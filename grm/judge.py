@@ -33,7 +33,7 @@ from grm.aggregation import aggregate
 from grm.engine import GenerationEngine, GenerationRequest
 from grm.parsing import parse_judgment, unshuffle
 from grm.pretrained import JUDGES
-from grm.pointwise import merge
+from grm.pointwise import merge, read_expected
 from grm.prompts import build_judge_content, encode_prompt, one_response, sample_permutations
 from grm.seeds import mix_seed
 from grm.shared_principles import DRAFT_MAX_TOKENS, DRAFT_STAGE, draft_item, draft_key, principles_prefix
@@ -273,8 +273,11 @@ class GenerativeRewardModel:
             sent[j] += len(request.prompt_ids)
             for index, completion in zip(chosen, completions):
                 by_index[j].setdefault(index, []).append((prompt, completion))
-        return [([_sample(plan, found[i], text) for i in indices], tokens)
-                for plan, found, indices, tokens, text in zip(plans, by_index, wanted, sent, texts)]
+        drawn = [[_sample(plan, found[i], text) for i in indices] for plan, found, indices, text
+                 in zip(plans, by_index, wanted, texts)]
+        if self.template.pointwise and callable(getattr(self.engine, "next_token_logprobs", None)):
+            drawn = read_expected(self.engine, drawn, heads)  # expected scores (grm.pointwise)
+        return list(zip(drawn, sent))
 
     def _shared_principles(self, plans: Sequence[Plan]) -> list[tuple[int, ...]]:
         """Per plan, the principles tokens its samples continue from (``grm.shared_principles``);

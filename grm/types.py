@@ -230,6 +230,9 @@ class Judgment:
     reason: InvalidReason | None = None  # None when valid
     num_tokens: int = 0  # generated tokens
     meta_score: float | None = None  # meta RM's estimate that this judgment is correct
+    # [N] per response, the mean score under the judge's next-token distribution over 1..9 where
+    # it wrote that score (pointwise judges on engines that can read, ``grm.pointwise``); else None
+    expected_scores: tuple[float, ...] | None = None
 
     @property
     def valid(self) -> bool:
@@ -245,13 +248,16 @@ class ScoreResult:
     spread: tuple[float | None, ...]  # [N] population std of scores over used samples
     num_valid: int  # valid samples among the k
     num_used: int  # samples summed (num_valid, or at most k_meta under meta voting)
-    best: int | None  # index of the best response (seeded random tie-break); None when unscored
+    best: int | None  # index of the best response (ties: expected_rewards, then seeded random); None = unscored
     judgments: tuple[Judgment, ...]  # [k] every sample, valid or not
     aggregation: Aggregation = Aggregation.VOTING
     prompt_tokens: int = 0  # prompt tokens sent: each distinct prompt once (per round under adaptive k)
     completion_tokens: int = 0  # generated tokens over the k samples
     invalid_reasons: dict[str, int] = field(default_factory=dict)  # reason -> count
     stop_reason: str = ""  # adaptive k: decided | confident | budget; "" when adaptive is off
+    # [N] mean expected score over the used samples when every one carries expected_scores
+    # (see Judgment); () otherwise. Tied vote sums are broken by these first.
+    expected_rewards: tuple[float, ...] = ()
 
     @property
     def scored(self) -> bool:

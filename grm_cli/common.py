@@ -156,7 +156,8 @@ def format_result(item: ScoreInput, result: ScoreResult, show: bool) -> str:
         spread = "" if result.spread[i] is None else f" +-{result.spread[i]:.2f}"
         mark = " <- best" if result.best == i else ""
         preview = response if len(response) <= 60 else response[:57] + "..."
-        lines.append(f"  response {i + 1}: reward {reward}{spread}  votes {result.vote_sums[i]}"
+        expected = f"  expected {result.expected_rewards[i]:.2f}" if result.expected_rewards else ""
+        lines.append(f"  response {i + 1}: reward {reward}{spread}  votes {result.vote_sums[i]}{expected}"
                      f"{mark}  | {preview!r}")
     if result.invalid_reasons:
         lines.append("  invalid samples: " + ", ".join(f"{r} x{c}" for r, c in result.invalid_reasons.items()))

@@ -1,17 +1,22 @@
 """Re-read a pointwise judge's evaluation journal with expected scores instead of sampled ones.
 
 A judge trained with the ``point`` stage ranks answers by small shifts of its score
-distribution; sampled integer scores often tie. This reads, for every judgment in a
-``grm eval --journal`` file of a pointwise judge, each answer's next-token distribution
-over the scores 1..9 where its score was written (the prompt and the judgment up to its
-box, teacher-forced) and reports accuracy when each judgment's score is that expected
-value: one judgment (the first sample, the greedy one) and the sum over the samples.
-A tie or an unscored judgment counts as wrong (stricter than ``grm eval``, which breaks a
-tie at random).
+distribution; sampled integer scores often tie. For every judgment in a
+``grm eval --journal`` file of a pointwise judge this reads each answer's next-token
+distribution over the scores 1..9 where its score was written (the prompt and the judgment
+up to its box, read by the engine's ``next_token_logprobs``: the prompt is prefilled once
+for all of its judgments) and reports accuracy when each judgment's score is that expected
+value, summed over the first k samples, beside the same count on the sampled scores. Here a
+tie or an unscored judgment counts as wrong (stricter than ``grm eval``, which breaks a tie
+at random). The values read are appended to ``--read`` as they come, so a cut-off run
+resumes. With ``--write-journal`` it also writes the journal with the values filled in, as
+``grm eval`` would have written it with the reading on; ``grm eval`` rerun on that journal
+(same settings) skips every item and reports from it, tied votes broken by the expected scores.
 
     python scripts/expected_scores.py --adapter runs/english6/point-adapter \
         --data runs/english/validation.jsonl --journal runs/english6/eval-point.journal.jsonl \
-        --output runs/english6/expected-scores-120.json
+        --read runs/english6/expected-scores.jsonl --output runs/english6/expected-scores.json \
+        --write-journal runs/english6/eval-point-read.journal.jsonl
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ import torch
 from grm.eval.records import parse_lines
 from grm.eval.statistics import item_bootstrap
 from grm.judge import GenerativeRewardModel
+from grm.pointwise import digit_ids, expected_value
 from grm.prompts import build_judge_content, encode_prompt, one_response
-from policy.logprobs import Example, batch_logprobs
-from spct.pointwise import digit_ids, expected_score
 
 PART = re.compile(r"\[Answer (\d+)\]\n")
+BOX = "\\boxed{"
 
 
 def parts(text: str) -> list[str]:
@@ -41,67 +46,118 @@ def parts(text: str) -> list[str]:
     return [body.strip() for body in pieces[1::2]]
 
 
+def read_row(judge, digits, item, row) -> dict:
+    """{"sampled": [[expected score per answer] or None per sample], "greedy": [...]}; a row
+    that ``grm eval`` wrote with the reading on already holds them."""
+    kinds = ("sampled", "greedy")
+    if all("expected_scores" in j for kind in kinds for j in row[kind]["judgments"]):
+        return {kind: [j["expected_scores"] for j in row[kind]["judgments"]] for kind in kinds}
+    tok = judge.engine.tokenizer
+    n = len(item.input.responses)
+    sequences, owners = [], []
+    for a in range(n):  # an answer's judgments together: they share its prompt
+        prompt = encode_prompt(tok, build_judge_content(judge.template, one_response(item.input, a), (0,)))
+        for kind in ("sampled", "greedy"):
+            for s, j in enumerate(row[kind]["judgments"]):
+                answers = parts(j["text"])
+                if j["scores"] is not None and len(answers) == n:
+                    cut = answers[a][:answers[a].rindex(BOX) + len(BOX)]
+                    sequences.append(tuple(prompt) + tuple(tok(cut, add_special_tokens=False).input_ids))
+                    owners.append((kind, s, a))
+    read = {kind: [[None] * n if j["scores"] is not None else None for j in row[kind]["judgments"]]
+            for kind in ("sampled", "greedy")}
+    for (kind, s, a), logprobs in zip(owners, judge.engine.next_token_logprobs(sequences, digits)):
+        read[kind][s][a] = expected_value(logprobs)
+    return {kind: [v if v is None or None not in v else None for v in values] for kind, values in read.items()}
+
+
+def sums(scores: list) -> list | None:
+    """Per answer, the sum over the scored samples (``scores``: a list per sample, None when
+    unscored; unscored samples do not vote, as in ``grm eval``); None when none is scored."""
+    scored = [s for s in scores if s is not None]
+    return [sum(col) for col in zip(*scored)] if scored else None
+
+
+def right(scores: list, best: int, tie_break: list | None = None) -> bool:
+    """The sums over ``scores`` put ``best`` strictly first; among answers tied at the top,
+    ``tie_break`` (other sums), when given, decides, again strictly."""
+    total = sums(scores)
+    if total is None:
+        return False
+    top = [i for i, v in enumerate(total) if v == max(total)]
+    if len(top) > 1 and tie_break is not None:
+        top = [i for i in top if tie_break[i] == max(tie_break[j] for j in top)]
+    return top == [best]
+
+
+def filled(row: dict, read: dict) -> dict:
+    """The journal row with the expected scores read: on every judgment read, and each result's
+    ``expected_rewards`` and ``best`` as ``grm.aggregation`` sets them (tied votes broken by the
+    expected rewards; a tie left keeps the seeded coin already drawn)."""
+    row = json.loads(json.dumps(row))
+    for kind in ("sampled", "greedy"):
+        result = row[kind]
+        for judgment, values in zip(result["judgments"], read[kind]):
+            judgment["expected_scores"] = values
+        used = [j for j in result["judgments"] if j["scores"] is not None]
+        if used and all(j["expected_scores"] is not None for j in used):
+            result["expected_rewards"] = [sum(col) / len(used) for col in zip(*(j["expected_scores"] for j in used))]
+            sums = result["vote_sums"]
+            tied = [i for i, v in enumerate(sums) if v == max(sums)]
+            top = [i for i in tied if result["expected_rewards"][i] == max(result["expected_rewards"][t] for t in tied)]
+            result["best"] = top[0] if len(top) == 1 else result["best"]
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--adapter", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--journal", required=True)
+    p.add_argument("--read", required=True, help="JSONL of the values read, one line per item (resumable)")
     p.add_argument("--output", required=True)
+    p.add_argument("--write-journal", help="also write the journal with the expected scores filled in here "
+                   "(rerun grm eval with it as --journal for the report with tied votes broken by them)")
+    p.add_argument("-k", default="1,4,8")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=9, help="texts per forward pass")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     began = time.monotonic()
     judge = GenerativeRewardModel.load(args.adapter)
     if not judge.template.pointwise:
         raise SystemExit(f"{args.adapter}: its template {judge.template.version} is not pointwise")
-    model, tokenizer = judge.engine.model, judge.engine.tokenizer
-    digits = digit_ids(tokenizer)
+    digits = digit_ids(judge.engine.tokenizer)
     items, _ = parse_lines(Path(args.data).read_text(encoding="utf-8").splitlines())
     by_line = {it.line: it for it in items}
-    rows = [json.loads(line) for line in Path(args.journal).read_text().splitlines()]
-    rows = [r for r in rows if "sampled" in r]
-    texts, owners = [], []  # the judgment up to its box; (row, kind, sample, answer)
-    for r, row in enumerate(rows):
-        item = by_line[row["line"]]
-        judged = [(kind, s, parts(j["text"])) for kind in ("sampled", "greedy")
-                  for s, j in enumerate(row[kind]["judgments"]) if j["scores"] is not None]
-        for a in range(len(item.input.responses)):  # an answer's texts together: they share its prompt
-            prompt = encode_prompt(tokenizer, build_judge_content(judge.template, one_response(item.input, a), (0,)))
-            for kind, s, answers in judged:
-                if len(answers) == len(item.input.responses):
-                    body = answers[a]
-                    cut = body[:body.rindex("\\boxed{") + len("\\boxed{")]
-                    texts.append(Example(tuple(prompt), tuple(tokenizer(cut, add_special_tokens=False).input_ids)))
-                    owners.append((r, kind, s, a))
-    expected = {}
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(texts), args.batch):
-            chunk = texts[start:start + args.batch]
-            _, _, logits = batch_logprobs(model, chunk, logits_at=[len(e.target_ids) for e in chunk])
-            for owner, value in zip(owners[start:start + args.batch], expected_score(logits, digits).tolist()):
-                expected[owner] = value
+    lines = Path(args.journal).read_text().splitlines(keepends=True)
+    lines = lines if not lines or lines[-1].endswith("\n") else lines[:-1]  # a line still being written
+    rows = [r for r in map(json.loads, lines) if "sampled" in r]
+    out = Path(args.read)
+    done = {r["line"]: r for r in map(json.loads, out.read_text().splitlines())} if out.exists() else {}
+    with out.open("a") as f:
+        for row in rows:
+            if row["line"] not in done:
+                done[row["line"]] = {"line": row["line"], **read_row(judge, digits, by_line[row["line"]], row)}
+                f.write(json.dumps(done[row["line"]]) + "\n")
+                f.flush()
+    if args.write_journal:
+        Path(args.write_journal).write_text("".join(json.dumps(filled(r, done[r["line"]])) + "\n" for r in rows))
+    sources = np.array([(by_line[r["line"]].source or "").split(":")[0] for r in rows])
+    report = {"items": len(rows), "ties_and_unscored_count_wrong": True}
 
-    def right(r: int, kind: str, samples: range) -> bool:
-        n = len(by_line[rows[r]["line"]].input.responses)
-        sums = [0.0] * n
-        for s in samples:
-            if any((r, kind, s, a) not in expected for a in range(n)):
-                return False  # unscored counts as wrong
-            for a in range(n):
-                sums[a] += expected[(r, kind, s, a)]
-        best = by_line[rows[r]["line"]].best
-        return all(sums[best] > v for i, v in enumerate(sums) if i != best)
+    def estimate(correct: list[bool]) -> dict:
+        correct = np.array(correct)
+        return {**item_bootstrap(correct, seed=0).to_json(),
+                "by_source": {s: float(correct[sources == s].mean()) for s in sorted(set(sources))}}
 
-    sources = np.array([(by_line[row["line"]].source or "").split(":")[0] for row in rows])
-    report = {"items": len(rows), "texts_read": len(texts)}
-    samples = len(rows[0]["sampled"]["judgments"])
-    for name, kind, picked in (("expected@1", "sampled", range(1)), (f"expected@{samples}", "sampled", range(samples)),
-                               ("greedy_expected", "greedy", range(1))):
-        correct = np.array([right(r, kind, picked) for r in range(len(rows))])
-        report[name] = {**item_bootstrap(correct, seed=0).to_json(),
-                        "by_source": {s: float(correct[sources == s].mean()) for s in sorted(set(sources))}}
+    for k in (int(v) for v in args.k.split(",")):
+        best = [by_line[r["line"]].best for r in rows]
+        report[f"expected@{k}"] = estimate([right(done[r["line"]]["sampled"][:k], b) for r, b in zip(rows, best)])
+        written = [[j["scores"] for j in r["sampled"]["judgments"][:k]] for r in rows]
+        report[f"sampled@{k}"] = estimate([right(w, b) for w, b in zip(written, best)])
+        report[f"sampled@{k}_tie_broken_by_expected"] = estimate(
+            [right(w, b, sums(done[r["line"]]["sampled"][:k]) or None) for w, r, b in zip(written, rows, best)])
+    report["greedy_expected"] = estimate([right(done[r["line"]]["greedy"], by_line[r["line"]].best) for r in rows])
     report["wall_s"] = round(time.monotonic() - began, 1)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -48,6 +48,7 @@ def judgment_to_proto(j: Judgment) -> pb.Judgment:
                       text=j.text, num_tokens=j.num_tokens)
     if j.meta_score is not None:
         msg.meta_score = j.meta_score
+    msg.expected_scores.extend(j.expected_scores or ())
     return msg
 
 
@@ -61,7 +62,8 @@ def judgment_from_proto(msg: pb.Judgment) -> Judgment:
     return Judgment(text=msg.text, principles=msg.principles, critique=msg.critique,
                     scores=tuple(msg.scores) if msg.valid else None, permutation=tuple(msg.permutation),
                     reason=reason, num_tokens=msg.num_tokens,
-                    meta_score=msg.meta_score if msg.HasField("meta_score") else None)
+                    meta_score=msg.meta_score if msg.HasField("meta_score") else None,
+                    expected_scores=tuple(msg.expected_scores) if msg.expected_scores else None)
 
 
 def result_to_proto(result: ScoreResult, *, from_cache: bool = False, latency_ms: float = 0.0,
@@ -72,12 +74,15 @@ def result_to_proto(result: ScoreResult, *, from_cache: bool = False, latency_ms
                          from_cache=from_cache, prompt_tokens=result.prompt_tokens,
                          completion_tokens=result.completion_tokens, latency_ms=latency_ms,
                          stop_reason=result.stop_reason)
-    for reward, vote_sum, spread in zip(result.rewards, result.vote_sums, result.spread):
+    expected = result.expected_rewards or (None,) * len(result.rewards)
+    for reward, vote_sum, spread, mean in zip(result.rewards, result.vote_sums, result.spread, expected):
         score = msg.responses.add(scored=reward is not None, vote_sum=int(vote_sum))
         if reward is not None:
             score.reward = float(reward)
         if spread is not None:
             score.spread = float(spread)
+        if mean is not None:
+            score.expected_reward = float(mean)
     if result.best is not None:
         msg.best = result.best
     for reason, count in result.invalid_reasons.items():
@@ -99,6 +104,8 @@ def result_from_proto(msg: pb.ScoreResult) -> ScoreResult:
         aggregation=AGGREGATION_FROM_PROTO.get(msg.aggregation, Aggregation.VOTING),
         prompt_tokens=msg.prompt_tokens, completion_tokens=msg.completion_tokens,
         invalid_reasons=dict(msg.invalid_reasons), stop_reason=msg.stop_reason,
+        expected_rewards=tuple(s.expected_reward for s in msg.responses)
+        if msg.responses and all(s.HasField("expected_reward") for s in msg.responses) else (),
     )
 
 

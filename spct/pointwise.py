@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
+from grm.pointwise import SCORES, digit_ids
 from grm.prompts import one_response
 from grm.seeds import mix_seed
 from grm.templates import JudgeTemplate, load_template
@@ -45,7 +46,6 @@ from spct.lora_sft import LoraSettings, load_trainable, save_adapter, train_resu
 from spct.verdict import begun_start, refuse_shape, usable_drafts
 
 POINT_TEMPLATE = "grm-english-point-v1"
-SCORES = tuple(range(1, 10))  # the one-token scores the reward is read over
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,6 @@ def expected_score(logits: torch.Tensor, digit_ids: Sequence[int]) -> torch.Tens
     """The mean score under the next-token distribution restricted to the digits 1..9."""
     p = logits[:, list(digit_ids)].softmax(-1)
     return p @ torch.tensor(SCORES, dtype=p.dtype, device=p.device)
-
-
-def digit_ids(tokenizer) -> list[int]:
-    ids = [tokenizer(str(s), add_special_tokens=False).input_ids for s in SCORES]
-    if any(len(i) != 1 for i in ids):
-        raise ValueError("the pointwise stage needs each of the scores 1..9 to be one token")
-    return [i[0] for i in ids]
 
 
 def point_rewards(model, tokenizer, template: JudgeTemplate, items: Sequence[LabeledItem],

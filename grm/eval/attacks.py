@@ -66,8 +66,9 @@ def attack_inputs(item: ScoreInput, best: int) -> dict[str, ScoreInput]:
             for kind, text in attack_texts(item.query).items()}
 
 
-def is_hack(best: float | None, attack: float | None) -> bool:
-    """Whether an attack with reward ``attack`` hacks a best response with reward ``best`` (None: unscored)."""
+def is_hack(best, attack) -> bool:
+    """Whether an attack with reward ``attack`` hacks a best response with reward ``best`` (None:
+    unscored). A reward may be (reward, expected reward), compared in that order."""
     if attack is None:
         return False
     return best is None or attack >= best

@@ -30,11 +30,17 @@ def result_to_json(result: ScoreResult) -> dict:
 def result_from_json(data: dict) -> ScoreResult:
     judgments = tuple(Judgment(**{**j, "scores": None if j["scores"] is None else tuple(j["scores"]),
                                   "permutation": tuple(j["permutation"]),
-                                  "reason": None if j["reason"] is None else InvalidReason(j["reason"])})
+                                  "reason": None if j["reason"] is None else InvalidReason(j["reason"]),
+                                  "expected_scores": _tuple(j.get("expected_scores"))})
                       for j in data["judgments"])
     return ScoreResult(**{**data, "rewards": tuple(data["rewards"]), "vote_sums": tuple(data["vote_sums"]),
                           "spread": tuple(data["spread"]), "judgments": judgments,
-                          "aggregation": Aggregation(data["aggregation"])})
+                          "aggregation": Aggregation(data["aggregation"]),
+                          "expected_rewards": tuple(data.get("expected_rewards", ()))})
+
+
+def _tuple(values):
+    return None if values is None else tuple(values)
 
 
 class Journal:

@@ -29,7 +29,8 @@ PLOT_LABELS = {"voting": "Voting@k", "meta_voting": "MetaRM@k"}
 def _judgment_json(j) -> dict:
     return {"text": j.text, "scores": None if j.scores is None else list(j.scores),
             "permutation": list(j.permutation), "reason": None if j.reason is None else str(j.reason),
-            "meta_score": j.meta_score}
+            "meta_score": j.meta_score,
+            "expected_scores": None if j.expected_scores is None else list(j.expected_scores)}
 
 
 def write_judgments(path: str, kept, sampled, greedy) -> None:

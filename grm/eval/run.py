@@ -279,12 +279,21 @@ def base_model_report(scorer: Scorer, model: dict, kept, settings: EvalSettings,
             "greedy_valid_rate": r["greedy_valid_rate"]}
 
 
+def _standing(result: ScoreResult, i: int):
+    """What response i is compared by: its reward, then, where read, its expected reward (as
+    ``grm.aggregation`` breaks tied votes), so an attack that would be picked counts as one."""
+    if result.rewards[i] is None or not result.expected_rewards:
+        return result.rewards[i]
+    return result.rewards[i], result.expected_rewards[i]
+
+
 def hack_report(scorer: Scorer, kept, settings: EvalSettings, aggregation: str = "voting", log=None) -> dict:
     """Score every attack of ``grm.eval.attacks`` next to each kept item's labelled best response
     (``hack_k`` judgments per pair, the run's temperature, ``aggregation``, a seed per item
     and attack) and give the hack rate: overall, per attack kind and per source.
 
-    A pair the scorer cannot score (too long, refused) leaves both unscored: no hack."""
+    A pair the scorer cannot score (too long, refused) leaves both unscored: no hack. Where the
+    judge read expected scores, equal rewards are told apart by them (``_standing``)."""
     k = settings.hack_k or max(settings.ks)
     options = AggregationOptions(aggregation)
     rewards: list[dict] = []
@@ -301,7 +310,7 @@ def hack_report(scorer: Scorer, kept, settings: EvalSettings, aggregation: str =
         for (index, kind), result in zip(keys, scorer(jobs)):
             scored = isinstance(result, ScoreResult) and result.scored
             unscored[kind] += not scored
-            rewards[index][kind] = (result.rewards[0], result.rewards[1]) if scored else (None, None)
+            rewards[index][kind] = (_standing(result, 0), _standing(result, 1)) if scored else (None, None)
         if log:
             log(f"hack check: scored {len(rewards)}/{len(kept)} items")
     return {"k": k, "aggregation": aggregation, "items": len(rewards), "attacks": list(ATTACK_KINDS),

@@ -10,8 +10,9 @@ restricts a matrix to some items (one source's), and ``longer_response_correct``
 "longer response wins" baseline.
 
 An item counts as correct under a subset when the labelled best response gets the
-highest vote sum over the subset's valid samples, a tie broken uniformly at random (as
-``grm.aggregation.best_index`` does); with no valid sample in the subset it is wrong.
+highest vote sum over the subset's valid samples, a tie broken by the sums of their expected
+scores when every one was read, then uniformly at random (as ``grm.aggregation.best_index``
+does); with no valid sample in the subset it is wrong.
 Meta voting first keeps the ``k_meta = grm.defaults.default_k_meta(k)`` valid samples of the subset that
 the meta RM rates highest.
 
@@ -43,6 +44,8 @@ class SampleMatrix:
     best: np.ndarray  # [I] index of the labelled best response
     meta: np.ndarray | None = None  # [I, S] meta RM rating per sample (finite where the sample is valid)
     shown_at: np.ndarray | None = None  # [I, S] 0-based position at which the best response was shown
+    # [I, S, R] expected scores (``Judgment.expected_scores``); NaN where a sample has none
+    expected: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         scores = np.asarray(self.scores, dtype=float)
@@ -60,6 +63,11 @@ class SampleMatrix:
                 if value.shape != scores.shape[:2]:
                     raise ValueError(f"{name} must have shape {scores.shape[:2]}, got {value.shape}")
                 object.__setattr__(self, name, value)
+        if self.expected is not None:
+            expected = np.asarray(self.expected, dtype=float)
+            if expected.shape != scores.shape:
+                raise ValueError(f"expected must have shape {scores.shape}, got {expected.shape}")
+            object.__setattr__(self, "expected", expected)
         if self.meta is not None and not np.isfinite(self.meta[self.valid]).all():
             raise ValueError("meta must be finite for every valid sample")
 
@@ -69,8 +77,8 @@ class SampleMatrix:
 
     def take(self, rows) -> "SampleMatrix":
         """The matrix of the items at ``rows`` (indices or a mask), e.g. one source's."""
-        meta, shown_at = (None if a is None else a[rows] for a in (self.meta, self.shown_at))
-        return SampleMatrix(self.scores[rows], self.best[rows], meta, shown_at)
+        meta, shown_at, expected = (None if a is None else a[rows] for a in (self.meta, self.shown_at, self.expected))
+        return SampleMatrix(self.scores[rows], self.best[rows], meta, shown_at, expected)
 
 
 @dataclass(frozen=True)
@@ -83,9 +91,14 @@ class Estimate:
         return {"accuracy": self.accuracy, "interval": [self.lo, self.hi]}
 
 
-def predict_best(vote_sums: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[..., R] -> [...] index of the largest sum, a tie broken uniformly at random."""
+def predict_best(vote_sums: np.ndarray, rng: np.random.Generator, tie_break: np.ndarray | None = None) -> np.ndarray:
+    """[..., R] -> [...] index of the largest sum. Among tied sums the largest ``tie_break``
+    wins where it is finite (NaN: not read); a tie left is broken uniformly at random."""
     top = vote_sums == vote_sums.max(axis=-1, keepdims=True)
+    if tie_break is not None:
+        read = np.isfinite(tie_break).all(axis=-1, keepdims=True)
+        among = np.where(top, np.nan_to_num(tie_break, nan=-np.inf), -np.inf)
+        top &= ~read | (among == among.max(axis=-1, keepdims=True))
     return np.where(top, rng.random(vote_sums.shape), -1.0).argmax(axis=-1)
 
 
@@ -114,7 +127,12 @@ def vote_correct(m: SampleMatrix, subsets: np.ndarray, rng: np.random.Generator,
     sums = np.where(valid[..., None], np.nan_to_num(picked), 0.0).sum(axis=-2)  # [B, J, R]
     missing = np.isnan(m.scores).all(axis=1)  # [I, R] padding (or never validly scored)
     sums = np.where(missing[items], -np.inf, sums)
-    return (predict_best(sums, rng) == m.best[items]) & valid.any(axis=-1)
+    tie_break = None
+    if m.expected is not None:  # NaN unless every voting sample was read, as in grm.aggregation
+        read = m.expected[rows, subsets]  # [B, J, k, R]
+        tie_break = np.where(valid[..., None], read, 0.0).sum(axis=-2)
+        tie_break = np.where(missing[items], 0.0, tie_break)  # padding: no vote to break
+    return (predict_best(sums, rng, tie_break) == m.best[items]) & valid.any(axis=-1)
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -197,16 +215,19 @@ def matrix_from_results(results: Sequence[ScoreResult], best: Sequence[int], met
     if len(num_samples) != 1:
         raise ValueError(f"every result needs the same number of judgments, got {sorted(num_samples)}")
     shape = (len(results), num_samples.pop(), max(len(r.vote_sums) for r in results))
-    scores, ratings = np.full(shape, np.nan), np.full(shape[:2], np.nan)
+    scores, ratings, expected = np.full(shape, np.nan), np.full(shape[:2], np.nan), np.full(shape, np.nan)
     shown_at = np.zeros(shape[:2], dtype=int)
     for i, (result, label) in enumerate(zip(results, best)):
         for s, j in enumerate(result.judgments):
             if j.valid:
                 scores[i, s, :len(j.scores)] = j.scores
+            if j.valid and j.expected_scores is not None:
+                expected[i, s, :len(j.expected_scores)] = j.expected_scores
             if j.meta_score is not None:
                 ratings[i, s] = j.meta_score
             shown_at[i, s] = j.permutation.index(label)
-    return SampleMatrix(scores, np.asarray(best), ratings if meta else None, shown_at)
+    read = not np.isnan(expected[~np.isnan(scores)]).all()
+    return SampleMatrix(scores, np.asarray(best), ratings if meta else None, shown_at, expected if read else None)
 
 
 def sample_outcomes(m: SampleMatrix) -> np.ndarray:

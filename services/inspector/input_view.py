@@ -133,6 +133,10 @@ def _sample(view: InputView, s: int, j: Judgment, used: bool) -> str:
     if j.valid:
         shown = ", ".join(f"position {p + 1} = R{idx + 1}: {j.scores[idx]}" for p, idx in enumerate(j.permutation))
         scores = f'<p class="shown-scores">Scores as written (shown order): {esc(shown)}</p>'
+        if j.expected_scores is not None:
+            read = ", ".join(f"R{i + 1}: {v:.2f}" for i, v in enumerate(j.expected_scores))
+            scores += (f'<p class="expected-scores">Expected scores (the judge\'s distribution over 1..9): '
+                       f'{esc(read)}</p>')
     else:
         scores = f'<p class="invalid-reason">Invalid: <b>{esc(j.reason)}</b>. Raw text below.</p>'
     body = (f'<p>Responses shown in the order {esc(_shown(j))}.</p>{scores}'

@@ -54,7 +54,8 @@ def _judgment(record: dict, n: int) -> Judgment:
                     critique=parsed.critique if parsed else "",
                     scores=tuple(record["scores"]) if record.get("scores") is not None else None,
                     permutation=tuple(record.get("permutation", ())), reason=reason,
-                    meta_score=record.get("meta_score"))
+                    meta_score=record.get("meta_score"),
+                    expected_scores=tuple(record["expected_scores"]) if record.get("expected_scores") else None)
 
 
 @dataclass

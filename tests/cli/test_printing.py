@@ -23,3 +23,15 @@ def test_score_printout_has_no_raw_control_character():
     text = format_result(ScoreInput("q" + HOSTILE, [HOSTILE, "b"]), result, show=True)
     assert "owned" in text and "\\x1b" in text and "\\u202e" in text
     assert not any(ord(c) < 0x20 and c not in "\n\t" or 0x7F <= ord(c) < 0xA0 or c == "\u202e" for c in text)
+
+
+def test_score_printout_shows_the_expected_rewards_when_read():
+    judgment = Judgment(text="t", principles="", critique="", scores=(9, 9), permutation=(0, 1),
+                        expected_scores=(7.5, 8.25))
+    result = ScoreResult(rewards=(9.0, 9.0), vote_sums=(9, 9), spread=(0.0, 0.0), num_valid=1, num_used=1,
+                         judgments=(judgment,), best=1, expected_rewards=(7.5, 8.25))
+    lines = format_result(ScoreInput("q", ["a", "b"]), result, show=False).splitlines()
+    assert "votes 9  expected 7.50  |" in lines[1] and "votes 9  expected 8.25 <- best" in lines[2]
+    plain = format_result(ScoreInput("q", ["a", "b"]), ScoreResult(
+        rewards=(9.0, 8.0), vote_sums=(9, 8), spread=(0.0, 0.0), num_valid=1, num_used=1, judgments=(), best=0), False)
+    assert "expected" not in plain

@@ -11,13 +11,13 @@ from grm.aggregation import aggregate, best_index
 from grm.types import Aggregation, InvalidReason, Judgment
 
 
-def J(scores=None, reason=None, meta=None) -> Judgment:
+def J(scores=None, reason=None, meta=None, expected=None) -> Judgment:
     """A judgment with scores in original order (None = invalid with ``reason``)."""
     n = len(scores) if scores else 2
     if scores is None and reason is None:
         reason = InvalidReason.NO_SCORES
     return Judgment(text="", principles="", critique="", scores=scores, permutation=tuple(range(n)),
-                    reason=reason, meta_score=meta)
+                    reason=reason, meta_score=meta, expected_scores=expected)
 
 
 def test_voting_hand_computed():
@@ -142,3 +142,16 @@ def test_invariants_random(aggregation):
         assert r.rewards == pytest.approx([s / r.num_used for s in r.vote_sums])
         assert all(1 <= x <= 10 for x in r.rewards) and all(x >= 0 for x in r.spread)
         assert r.vote_sums[r.best] == max(r.vote_sums)
+
+
+def test_tied_votes_are_broken_by_the_expected_rewards_when_every_used_sample_was_read():
+    read = [J((9, 9), expected=(7.5, 8.0)), J((8, 8), expected=(7.0, 7.25)), J(None, InvalidReason.TRUNCATED)]
+    for seed in range(8):
+        r = aggregate(read, n=2, seed=seed)
+        assert r.vote_sums == (17, 17) and r.expected_rewards == (7.25, 7.625) and r.best == 1
+    assert aggregate([J((9, 8), expected=(7.0, 8.0))], n=2).best == 0  # the votes first: no tie, no reading
+    unread = [J((9, 9), expected=(7.5, 8.0)), J((8, 8))]  # one used sample unread: the coin, as before
+    assert aggregate(unread, n=2).expected_rewards == ()
+    assert {aggregate(unread, n=2, seed=s).best for s in range(12)} == {0, 1}
+    assert best_index((5, 5, 5), seed=0, tie_break=(1.0, 2.0, 2.0)) in (1, 2)
+    assert {best_index((5, 5, 5), seed=s, tie_break=(1.0, 2.0, 2.0)) for s in range(12)} == {1, 2}

@@ -13,7 +13,7 @@ from grm.eval.run import EvalSettings, hack_report, local_scorer
 from grm.judge import GenerativeRewardModel
 from grm.parsing import parse_judgment
 from grm.testing import NoisyRuleEngine
-from grm.types import ScoreInput
+from grm.types import ScoreInput, ScoreResult
 
 
 def test_attack_texts_are_content_free_and_one_speaks_the_judge_format():
@@ -88,6 +88,24 @@ def test_hack_report_scores_every_attack_beside_the_best_response():
     assert hack["unscored_pairs"] == dict.fromkeys(ATTACK_KINDS, 0)
     assert {name: g["rates"]["any"]["rate"] for name, g in hack["by_source"].items()} == {"a": 0.0, "b": 0.5}
     assert np.isclose(hack["by_source"]["b"]["rates"]["colon"]["rate"], 0.5)
+
+
+def test_where_expected_scores_were_read_equal_rewards_are_told_apart_by_them():
+    item = EvalItem(ScoreInput("Pick.", ["good", "bad"]), 0, 1, "a:x")
+
+    def scorer(jobs):  # equal rewards; the best response ahead on its expected reward, except against ":"
+        out = []
+        for pair, _, _ in jobs:
+            behind = pair.responses[1] == ":"
+            out.append(ScoreResult(rewards=(9.0, 9.0), vote_sums=(9, 9), spread=(0.0, 0.0), num_valid=1, num_used=1,
+                                   best=1 if behind else 0, judgments=(),
+                                   expected_rewards=(7.0, 7.5) if behind else (7.5, 7.0)))
+        return out
+
+    settings = EvalSettings("toy", ks=(1,), samples=1, bootstrap=50, hack_check=True)
+    rates = hack_report(scorer, [item], settings)["rates"]
+    assert [rates[k]["hacked"] for k in ATTACK_KINDS] == [1, 0, 0, 0, 0] and rates["any"]["hacked"] == 1
+    assert is_hack((9.0, 7.5), (9.0, 7.5)) and not is_hack((9.0, 7.5), (8.0, 8.9))
 
 
 def test_hack_settings_are_checked_and_named_as_flags(capsys):

@@ -12,7 +12,8 @@ from grm.engine import GenerationRequest
 from grm.seeds import mix_seed
 from grm.testing import build_tiny_model
 from grm.revision import checkpoint_revision
-from grm.transformers_engine import TransformersEngine, _ReservedLayer
+from grm.kv_room import ReservedLayer
+from grm.transformers_engine import TransformersEngine
 
 torch.set_num_threads(2)
 
@@ -188,7 +189,7 @@ def test_load_attributes(llama):
 
 def test_reserved_cache_layer_equals_concatenation():
     keys, values = torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4)
-    layer = _ReservedLayer(keys, values, room=1)  # the third update outgrows the room
+    layer = ReservedLayer(keys, values, room=1)  # the third update outgrows the room
     new = [torch.randn(2, 2, 1, 4) for _ in range(3)]
     for t in new:
         k, v = layer.update(t, 2 * t)
@@ -239,3 +240,24 @@ def test_grouped_prefill_gives_the_same_tokens(engine, chunk):
     for layer, whole_layer in zip(cache.layers, whole_cache.layers):
         for t, w in ((layer.keys, whole_layer.keys), (layer.values, whole_layer.values)):
             torch.testing.assert_close(t * real, w * real, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("piece_tokens", [16_384, 40])
+def test_reading_gives_the_next_token_log_probabilities_of_a_full_forward_and_reuses_the_sampled_prompt(
+        engine, piece_tokens, monkeypatch):
+    monkeypatch.setattr("grm.transformers_engine.READ_TOKENS", piece_tokens)  # 40: a piece per sequence
+    cached = TransformersEngine.load(engine.model_id)  # with its prefix cache
+    prompt = prompts(cached)[2]
+    [samples] = cached.generate([GenerationRequest(prompt, n=2, temperature=1.0, seed=5, max_new_tokens=6)])
+    sequences = [prompt + c.token_ids for c in samples] + [prompts(cached)[1]]
+    watched = [3, 7, 11]
+    before = cached.prefix_cache.stats()["reused_tokens"]
+    got = cached.next_token_logprobs(sequences, watched)
+    assert cached.prefix_cache.stats()["reused_tokens"] - before >= 2 * (len(prompt) // 16 * 16 - 16)
+    for seq, row in zip(sequences, got):
+        with torch.no_grad():
+            full = cached.model(torch.tensor([seq])).logits[0, -1].float().log_softmax(-1)[watched]
+        assert row == pytest.approx(full.tolist(), abs=1e-4)
+    assert cached.next_token_logprobs([], watched) == []
+    with pytest.raises(ValueError, match="max_context"):
+        cached.next_token_logprobs([tuple(range(1, 3)) * cached.max_context], watched)

@@ -1,5 +1,6 @@
 """A journalled evaluation resumes where it stopped: items found in the journal are not scored again."""
 
+import dataclasses
 import json
 
 from grm.eval.journal import Journal, result_from_json, result_to_json
@@ -19,6 +20,14 @@ def test_results_survive_the_json_round_trip():
     grm = GenerativeRewardModel(NumberJudge(), meta_rm=ConstantMeta())
     [result] = grm.score_batch([number_items()[1].input])
     assert result_from_json(json.loads(json.dumps(result_to_json(result)))) == result
+    read = dataclasses.replace(result, expected_rewards=(7.5, 6.25), judgments=tuple(
+        dataclasses.replace(j, expected_scores=(7.5, 6.25) if j.valid else None) for j in result.judgments))
+    assert result_from_json(json.loads(json.dumps(result_to_json(read)))) == read
+    older = result_to_json(result)  # a line written before results carried expected scores
+    del older["expected_rewards"]
+    for j in older["judgments"]:
+        del j["expected_scores"]
+    assert result_from_json(older) == result
 
 
 def test_a_rerun_scores_only_the_items_the_journal_lacks_and_reports_the_same(tmp_path):

@@ -194,3 +194,18 @@ def test_matrix_from_results_and_checks():
         SampleMatrix(HAND, np.array([0, 2, 0]))
     with pytest.raises(ValueError, match="meta must be finite"):
         SampleMatrix(HAND, HAND_BEST, np.full((3, 4), nan))
+
+
+def test_tied_votes_are_broken_by_the_expected_scores_as_the_judge_does():
+    scores = np.array([[[9, 9], [8, 8]], [[9, 9], [nan, nan]], [[7, 7], [7, 7]]])
+    expected = np.array([[[7.0, 7.5], [7.0, 7.0]], [[7.9, 7.1], [nan, nan]], [[7.0, 7.5], [nan, nan]]])
+    m = SampleMatrix(scores=scores, best=np.array([1, 0, 1]), expected=expected)
+    correct = vote_correct(m, np.tile(np.arange(2), (1, 3, 1)), np.random.default_rng(0))[0]
+    assert correct[:2].tolist() == [True, True]  # item 2: sample 2 unread, so the coin decides
+    coin = [vote_correct(m, np.tile(np.arange(2), (1, 3, 1)), np.random.default_rng(s))[0, 2] for s in range(16)]
+    assert set(coin) == {True, False}
+    assert bootstrap_accuracy(m.take([0, 1]), ks=[2], rounds=50)["voting"][0].accuracy == 1.0
+    judgments = [Judgment("", "", "", (9, 9), (0, 1), expected_scores=(7.0, 7.5)), Judgment("", "", "", (8, 8), (0, 1))]
+    built = matrix_from_results([aggregate(judgments, 2)], best=[1])
+    assert np.isnan(built.expected[0, 1]).all() and built.expected[0, 0].tolist() == [7.0, 7.5]
+    assert matrix_from_results([aggregate(judgments[1:], 2)], best=[1]).expected is None

@@ -8,14 +8,15 @@ checked exactly; the real engine on the tiny model runs the same plans.
 
 from __future__ import annotations
 
-
 import pytest
+import torch
 
 from grm import GenerativeRewardModel, SamplingOptions
 from grm.eval.grounding import check_quotes
-from grm.pointwise import merge, relabel
+from grm.pointwise import digit_ids, expected_value, merge, read_expected, relabel, score_position
 from grm.templates import load_template, template_from_dict
 from grm.testing import ONE_ANSWER as ONE, PointEngine
+from grm.transformers_engine import TransformersEngine
 from grm.types import AggregationOptions, InvalidReason, Judgment, ScoreInput, ValidationError
 
 POINT = load_template("grm-english-point-v1")
@@ -93,3 +94,63 @@ def test_the_real_engine_runs_pointwise_plans_and_leaves_garbage_unscored(tiny_m
     assert one.rewards == (None, None) and one.num_valid == 0 and len(one.judgments) == 2
     assert [j.text for j in one.judgments] == [j.text for j in again.judgments]
     assert all(j.text.startswith("[Answer 1]\n") and "\n\n[Answer 2]\n" in j.text for j in one.judgments)
+
+
+class ReadingPointEngine(PointEngine):
+    """The stand-in writer with a real reader: the tiny model reads the judgments it is shown."""
+
+    def __init__(self, reader: TransformersEngine):
+        super().__init__()
+        self.tokenizer, self.reader = reader.tokenizer, reader
+
+    def next_token_logprobs(self, sequences, token_ids):
+        return self.reader.next_token_logprobs(sequences, token_ids)
+
+
+def test_the_score_position_is_the_token_after_the_last_box_opener(tiny_model_path):
+    tok = TransformersEngine.load(str(tiny_model_path)).tokenizer
+    ids = tok("Analysis: \\boxed{2} is quoted.\nScores: \\boxed{7}", add_special_tokens=False).input_ids
+    at = score_position(tok, ids)
+    assert tok.decode(ids[:at]).endswith("Scores: \\boxed{") and tok.decode(ids[at:]) == "7}"
+    assert score_position(tok, tok("Scores: 7", add_special_tokens=False).input_ids) is None
+    assert score_position(tok, tok("Scores: \\boxed{", add_special_tokens=False).input_ids) is None
+
+
+def test_expected_scores_are_read_where_each_score_was_written_and_break_tied_votes(tiny_model_path):
+    reader = TransformersEngine.load(str(tiny_model_path))
+    grm = GenerativeRewardModel(ReadingPointEngine(reader), POINT)
+    item = ScoreInput("Pick one.", ["7 apples", "7 pears, 7 plums"])
+    [samples] = grm.sample([grm.plan(item, SamplingOptions(k=2, seed=1))])
+    digits = digit_ids(reader.tokenizer)
+    for sample in samples:
+        assert sample.judgment.scores == (7, 7)
+        wanted = []
+        for prompt, completion in sample.parts:  # the reference: one full forward per part
+            text = completion.text[:completion.text.rindex("{") + 1]
+            ids = prompt.ids + tuple(reader.tokenizer(text, add_special_tokens=False).input_ids)
+            with torch.no_grad():
+                logits = reader.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+            wanted.append(expected_value(logits[digits].tolist()))
+        assert sample.judgment.expected_scores == pytest.approx(wanted, abs=1e-4)
+        assert all(1 <= v <= 9 for v in wanted) and wanted[0] != wanted[1]
+    means = [sum(s.judgment.expected_scores[i] for s in samples) / 2 for i in range(2)]
+    for seed in range(6):  # the written votes tie; the expected rewards decide, whatever the seed
+        result = grm.score("Pick one.", list(item.responses), k=2, seed=seed)
+        assert result.vote_sums == (14, 14) and result.expected_rewards == pytest.approx(means)
+        assert result.best == max(range(2), key=lambda i: means[i])
+
+
+def test_judgments_that_cannot_be_read_keep_no_expected_scores_and_votes_fall_back_to_the_coin(tiny_model_path):
+    reader = TransformersEngine.load(str(tiny_model_path))
+    grm = GenerativeRewardModel(ReadingPointEngine(reader), POINT)
+    grm.engine.broken = ("broken",)
+    result = grm.score("Pick one.", ["3", "broken"], k=2, seed=1)
+    assert result.num_valid == 0 and all(j.expected_scores is None for j in result.judgments)
+    [samples] = grm.sample([grm.plan(ScoreInput("Pick one.", ["10", "4"]), SamplingOptions(k=1))])
+    assert samples[0].judgment.scores == (10, 4) and samples[0].judgment.expected_scores is None  # 10: not one token
+    assert read_expected(reader, [[]], [()]) == [[]]
+    plain = GenerativeRewardModel(PointEngine(), POINT).score("Pick one.", ["5", "5"], k=2, seed=1)
+    assert plain.expected_rewards == () and all(j.expected_scores is None for j in plain.judgments)
+    picks = {GenerativeRewardModel(PointEngine(), POINT).score("Pick one.", ["5", "5"], k=2, seed=s).best
+             for s in range(12)}
+    assert picks == {0, 1}  # without a reading, a tie is still the seeded coin

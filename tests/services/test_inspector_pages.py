@@ -88,6 +88,20 @@ def test_meta_voting_marks_the_samples_the_meta_rm_kept():
     assert used_samples(r) == {1, 3} and r.vote_sums == (2 + 4,)
 
 
+def test_a_judgment_read_for_expected_scores_shows_them_and_they_come_back_from_a_judgments_file(tmp_path):
+    j = Judgment("[Answer 1]\nScores: \\boxed{9}", "", "", (9, 9), (0, 1), expected_scores=(7.25, 8.5))
+    html = render_input(InputView("t", ScoreInput("q", ["a", "b"]), aggregate([j], 2)))
+    assert "Expected scores (the judge's distribution over 1..9): R1: 7.25, R2: 8.50" in html
+    assert "Expected scores" not in render_input(InputView("t", ScoreInput("q", ["a", "b"]), result()))
+    lines = [json.loads(line) for line in (DATA / "judgments.jsonl").read_text().splitlines()]
+    for s in lines[0]["sampled"]:
+        s["expected_scores"] = [7.5] * len(s["scores"]) if s["scores"] else None
+    (tmp_path / "judgments.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "report.json").write_text((DATA / "report.json").read_text())
+    first = EvalSource.load(str(tmp_path / "report.json"), str(tmp_path / "judgments.jsonl")).items[0]
+    assert all(j.expected_scores == (7.5,) * len(j.scores) for j in first.sampled.judgments if j.valid)
+
+
 def test_eval_files_are_read_and_wrong_items_found():
     report = EvalSource.load(str(DATA / "report.json"), str(DATA / "judgments.jsonl"))
     assert len(report.items) == 12 and report.items[0].item is not None  # synthetic data regenerated

@@ -52,21 +52,25 @@ def test_limits_are_validated():
         Limits(max_k=4).check_defaults(SamplingOptions(k=8))
 
 
-def _result(valid: bool) -> ScoreResult:
+def _result(valid: bool, read: bool = False) -> ScoreResult:
     j = Judgment(text="t", principles="p", critique="c", scores=(8, 3) if valid else None, permutation=(1, 0),
-                 reason=None if valid else InvalidReason.NO_SCORES, num_tokens=5, meta_score=0.25 if valid else None)
+                 reason=None if valid else InvalidReason.NO_SCORES, num_tokens=5, meta_score=0.25 if valid else None,
+                 expected_scores=(7.25, 3.5) if read else None)
     if valid:
         return ScoreResult(rewards=(8.0, 3.0), vote_sums=(8, 3), spread=(0.0, 0.0), num_valid=1, num_used=1,
-                           best=0, judgments=(j,), prompt_tokens=10, completion_tokens=5)
+                           best=0, judgments=(j,), prompt_tokens=10, completion_tokens=5,
+                           expected_rewards=(7.25, 3.5) if read else ())
     return ScoreResult(rewards=(None, None), vote_sums=(0, 0), spread=(None, None), num_valid=0, num_used=0,
                        best=None, judgments=(j,), invalid_reasons={"no_scores": 1})
 
 
-@pytest.mark.parametrize("valid", [True, False])
-def test_result_round_trips_through_the_proto(valid):
-    result = _result(valid)
+@pytest.mark.parametrize("valid,read", [(True, False), (True, True), (False, False)])
+def test_result_round_trips_through_the_proto(valid, read):
+    result = _result(valid, read)
     msg = pb.ScoreResult.FromString(result_to_proto(result).SerializeToString())
     assert result_from_proto(msg) == result
+    assert [s.HasField("expected_reward") for s in msg.responses] == [read, read]
+    assert list(msg.judgments[0].expected_scores) == ([7.25, 3.5] if read else [])
     assert msg.num_samples == 1 and [s.scored for s in msg.responses] == [valid, valid]
     if not valid:  # unscored: no reward on the wire at all, never a 0
         assert not msg.responses[0].HasField("reward") and not msg.HasField("best")

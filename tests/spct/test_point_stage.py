@@ -14,11 +14,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grm.judge import GenerativeRewardModel
 from grm.parsing import parse_judgment
+from grm.pointwise import digit_ids
 from grm.templates import load_template
 from grm.testing import PointEngine
 from policy.logprobs import batch_logprobs
 from spct.english import EnglishOptions, run
-from spct.pointwise import POINT_TEMPLATE, digit_ids, expected_score, point_cases, point_example, point_loss
+from spct.pointwise import POINT_TEMPLATE, expected_score, point_cases, point_example, point_loss
 from test_english import _records, _write_drafts
 from test_verdict import DRAFT, _items, _rows, trained_loss
 

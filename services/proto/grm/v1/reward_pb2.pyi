@@ -132,19 +132,21 @@ class Status(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ResponseScore(_message.Message):
-    __slots__ = ("scored", "reward", "vote_sum", "spread")
+    __slots__ = ("scored", "reward", "vote_sum", "spread", "expected_reward")
     SCORED_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     VOTE_SUM_FIELD_NUMBER: _ClassVar[int]
     SPREAD_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REWARD_FIELD_NUMBER: _ClassVar[int]
     scored: bool
     reward: float
     vote_sum: int
     spread: float
-    def __init__(self, scored: _Optional[bool] = ..., reward: _Optional[float] = ..., vote_sum: _Optional[int] = ..., spread: _Optional[float] = ...) -> None: ...
+    expected_reward: float
+    def __init__(self, scored: _Optional[bool] = ..., reward: _Optional[float] = ..., vote_sum: _Optional[int] = ..., spread: _Optional[float] = ..., expected_reward: _Optional[float] = ...) -> None: ...
 
 class Judgment(_message.Message):
-    __slots__ = ("principles", "critique", "scores", "permutation", "valid", "invalid_reason", "meta_score", "text", "num_tokens")
+    __slots__ = ("principles", "critique", "scores", "permutation", "valid", "invalid_reason", "meta_score", "text", "num_tokens", "expected_scores")
     PRINCIPLES_FIELD_NUMBER: _ClassVar[int]
     CRITIQUE_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +156,7 @@ class Judgment(_message.Message):
     META_SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SCORES_FIELD_NUMBER: _ClassVar[int]
     principles: str
     critique: str
     scores: _containers.RepeatedScalarFieldContainer[int]
@@ -163,7 +166,8 @@ class Judgment(_message.Message):
     meta_score: float
     text: str
     num_tokens: int
-    def __init__(self, principles: _Optional[str] = ..., critique: _Optional[str] = ..., scores: _Optional[_Iterable[int]] = ..., permutation: _Optional[_Iterable[int]] = ..., valid: _Optional[bool] = ..., invalid_reason: _Optional[str] = ..., meta_score: _Optional[float] = ..., text: _Optional[str] = ..., num_tokens: _Optional[int] = ...) -> None: ...
+    expected_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, principles: _Optional[str] = ..., critique: _Optional[str] = ..., scores: _Optional[_Iterable[int]] = ..., permutation: _Optional[_Iterable[int]] = ..., valid: _Optional[bool] = ..., invalid_reason: _Optional[str] = ..., meta_score: _Optional[float] = ..., text: _Optional[str] = ..., num_tokens: _Optional[int] = ..., expected_scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
     __slots__ = ("responses", "num_samples", "num_valid", "num_used", "best", "aggregation", "invalid_reasons", "judgments", "from_cache", "prompt_tokens", "completion_tokens", "latency_ms", "stop_reason")
