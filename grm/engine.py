@@ -12,6 +12,11 @@ a request's output does not depend on what else shares its batch.
 A caller with a deadline runs ``generate`` inside ``pass_deadline(fn)``; an engine that
 waits on something outside its process (a remote server) reads ``current_deadline()`` and
 gives up with ``EngineTimeout`` once it passes. An in-process engine may ignore it.
+
+An engine may also read instead of sample: ``next_token_logprobs(sequences, token_ids)``
+returns, per token-id sequence, the log-probabilities of ``token_ids`` as its next token. It
+is optional (``TransformersEngine`` has it, ``RemoteEngine`` does not); a pointwise judge uses
+it when present to read its expected scores (``grm.pointwise.read_expected``).
 """
 
 from __future__ import annotations

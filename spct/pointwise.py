@@ -17,6 +17,12 @@ much as it gains, so only reading the answer lowers the loss. On drafted pairs t
 judgment's SFT loss (mean token loss, the score digit left out, times ``nll_weight``) keeps
 the format and teaches the critique line.
 
+With ``blank_share`` a seeded share of the pairs comes once more with its other answer
+replaced by a content-free one (``BLANKS``, or the start of the user's last turn echoed),
+critiqued as saying nothing: a judge trained on real pairs alone learned what makes one real
+answer better than another, but scored ":" about as high as the best answer. These
+cases teach it to write that such an answer gives nothing and to score it below the real one.
+
 Example::
 
     cases = point_cases(items, read_drafts(Path("runs/en")), hold_out=60, seed=0)
@@ -38,6 +44,7 @@ from grm.pointwise import SCORES, digit_ids
 from grm.prompts import one_response
 from grm.seeds import mix_seed
 from grm.templates import JudgeTemplate, load_template
+from grm.types import ScoreInput
 from policy.logprobs import Example, batch_logprobs
 from spct.cold_start import Draft, draft_from_json, draft_scores, judgment_text
 from spct.data import LabeledItem, make_example
@@ -46,6 +53,12 @@ from spct.lora_sft import LoraSettings, load_trainable, save_adapter, train_resu
 from spct.verdict import begun_start, refuse_shape, usable_drafts
 
 POINT_TEMPLATE = "grm-english-point-v1"
+# Content-free answers for the blank cases (none of them is an attack of grm.eval.attacks).
+BLANKS = (".", "...", "-", "?", "!", "Sure.", "Okay.", "Yes.", "Answer:", "Here is my answer:", "Good question!",
+          "I will explain below.", "Let me think about it.", "Hmm, let me see.", "See above.", "As requested:")
+BLANK_CRITIQUES = ("The answer says nothing that addresses the request.",
+                   "The answer gives the user no content to use.",
+                   "The answer is empty of substance and does not respond to the question.")
 
 
 @dataclass(frozen=True)
@@ -55,17 +68,37 @@ class PointCase:
     index: int  # of the labelled pair in the training items
     draft: Draft  # as drafted, or with its critiques exchanged
     exchanged: bool
+    blank: str = ""  # a blank case: the other answer replaced by this content-free text
 
 
-def point_cases(items: Sequence[LabeledItem], rows: Sequence[dict], hold_out: int, seed: int) -> list[PointCase]:
+def blank_case(item: LabeledItem, index: int, draft: Draft, seed: int) -> PointCase:
+    """The pair's preferred answer against a content-free one, critiques as drafted or
+    exchanged by a coin seeded by the pair."""
+    rng = random.Random(mix_seed("point-blank", seed, index))
+    last = item.item.conversation[-1].content.strip() if item.item.conversation else ""
+    echo = " ".join(last.split()[:rng.randint(3, 8)])
+    text = echo if echo and rng.random() < 0.2 else rng.choice(BLANKS)
+    other = 1 - item.best
+    critiques, quotes = list(draft.critiques), list(draft.quotes)
+    critiques[other], quotes[other] = rng.choice(BLANK_CRITIQUES), text
+    blank = Draft(draft.principles, tuple(critiques), tuple(quotes))
+    exchanged = rng.random() < 0.5
+    return PointCase(index, blank.exchanged() if exchanged else blank, exchanged, text)
+
+
+def point_cases(items: Sequence[LabeledItem], rows: Sequence[dict], hold_out: int, seed: int,
+                blank_share: float = 0.0) -> list[PointCase]:
     """One case per usable two-answer draft after the first ``hold_out``, its critiques
-    exchanged or not by a coin seeded by the pair."""
-    cases = []
+    exchanged or not by a coin seeded by the pair; then a blank case (``blank_case``) for a
+    ``blank_share`` of them, chosen by another seeded coin."""
+    cases, blanks = [], []
     for row in usable_drafts(items, rows, hold_out):
         draft = draft_from_json(row)
         exchanged = random.Random(mix_seed("point-exchange", seed, row["index"])).random() < 0.5
         cases.append(PointCase(row["index"], draft.exchanged() if exchanged else draft, exchanged))
-    return cases
+        if random.Random(mix_seed("point-blank-share", seed, row["index"])).random() < blank_share:
+            blanks.append(blank_case(items[row["index"]], row["index"], draft, seed))
+    return cases + blanks
 
 
 def point_example(tokenizer, template: JudgeTemplate, labeled: LabeledItem, case: PointCase, answer: int,
@@ -75,7 +108,10 @@ def point_example(tokenizer, template: JudgeTemplate, labeled: LabeledItem, case
     alone = Draft(case.draft.principles, (case.draft.critiques[answer],), (case.draft.quotes[answer],))
     score = draft_scores(labeled.best, 2, random.Random(mix_seed("point-scores", seed, case.index)))[answer]
     text = judgment_text(alone, (0,), (score,), random.Random(mix_seed("point-weights", seed, case.index)))
-    example = make_example(tokenizer, template, one_response(labeled.item, answer), (0,), text)
+    shown = one_response(labeled.item, answer)
+    if case.blank and answer != labeled.best:
+        shown = ScoreInput(shown.conversation, (case.blank,), shown.principles, shown.reference)
+    example = make_example(tokenizer, template, shown, (0,), text)
     digit = len(example.target_ids) - 3  # ... "{", the digit, "}", EOS: scores from draft_scores are one digit
     if tokenizer.decode(example.target_ids[digit]) != str(score):
         raise ValueError(f"the score {score} is not one token before '}}' in the judgment of pair {case.index}")
@@ -136,24 +172,28 @@ def point_stage(opts, settings: dict, items: list[LabeledItem], base: str, log=p
     after ``point.hold_out`` and writes ``point-adapter/`` (its template the pointwise one).
 
     ``settings`` (``--set point.KEY``): ``start``, ``hold_out`` (default 0), ``nll_weight``
-    (default 1), ``epochs`` (default 1), ``batch_size`` (pairs a step, default 4), ``lr``
+    (default 1), ``blank_share`` (default 0), ``epochs`` (default 1), ``batch_size`` (pairs a step, default 4), ``lr``
     (default 3e-4), ``save_every``. The adapter keeps its own rank, alpha, dropout and layers.
     A rerun that would resume on another start or other cases is refused. With ``hold_out``,
     the report holds the share of held-out pairs whose preferred answer the trained judge's
-    expected score puts strictly higher (critiques as drafted and as exchanged)."""
+    expected score puts strictly higher (critiques as drafted and as exchanged, and against a
+    content-free answer)."""
     folder, state = opts.out / "point-adapter", opts.out / "point"
     if folder.exists():
         return {"stage": "point", "status": "done", "adapter": folder.name}
     settings = dict(settings)
     refuse_shape("point", settings)
-    kept = {"hold_out": int(settings.pop("hold_out", 0)), "nll_weight": float(settings.pop("nll_weight", 1.0))}
+    kept = {"hold_out": int(settings.pop("hold_out", 0)), "nll_weight": float(settings.pop("nll_weight", 1.0)),
+            "blank_share": float(settings.pop("blank_share", 0.0))}
     for key, value in kept.items():
         if value < 0:
             raise ValueError(f"point.{key} must be >= 0, got {value}")
+    if kept["blank_share"] > 1:
+        raise ValueError(f"point.blank_share must be at most 1, got {kept['blank_share']}")
     template = load_template(POINT_TEMPLATE)
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = read_drafts(opts.shared)
-    cases = point_cases(items, rows, kept["hold_out"], opts.seed)
+    cases = point_cases(items, rows, kept["hold_out"], opts.seed, kept["blank_share"])
     if not cases:
         raise ValueError(f"{opts.shared / 'drafts.jsonl'}: no usable two-answer draft past point.hold_out="
                          f"{kept['hold_out']} to train on")
@@ -185,4 +225,6 @@ def held_out_shares(model, tokenizer, template: JudgeTemplate, items: Sequence[L
         cases = [PointCase(i, d.exchanged() if exchanged else d, exchanged) for i, d in drafts]
         correct = point_correct(model, tokenizer, template, items, cases, seed)
         shares[name] = sum(correct) / len(correct)
-    return {"pairs": len(drafts), **shares}
+    blanks = [blank_case(items[i], i, d, seed) for i, d in drafts]
+    correct = point_correct(model, tokenizer, template, items, blanks, seed)
+    return {"pairs": len(drafts), **shares, "blank": sum(correct) / len(correct)}

@@ -19,7 +19,8 @@ from grm.templates import load_template
 from grm.testing import PointEngine
 from policy.logprobs import batch_logprobs
 from spct.english import EnglishOptions, run
-from spct.pointwise import POINT_TEMPLATE, expected_score, point_cases, point_example, point_loss
+from spct.pointwise import (BLANK_CRITIQUES, BLANKS, POINT_TEMPLATE, expected_score, point_cases, point_example,
+                            point_loss)
 from test_english import _records, _write_drafts
 from test_verdict import DRAFT, _items, _rows, trained_loss
 
@@ -41,6 +42,27 @@ def test_one_case_per_usable_two_answer_draft_critiques_exchanged_by_a_seeded_co
     for case in cases:
         assert case.draft.critiques == (DRAFT.critiques[::-1] if case.exchanged else DRAFT.critiques)
         assert case.draft.quotes == DRAFT.quotes
+
+
+def test_a_share_of_the_pairs_comes_again_against_a_content_free_answer_critiqued_as_saying_nothing(tiny):
+    _, tokenizer = tiny
+    items, rows = _items(40), _rows(40)
+    cases = point_cases(items, rows, hold_out=0, seed=0, blank_share=0.5)
+    real, blanks = cases[:40], cases[40:]
+    assert [c.blank for c in real] == [""] * 40 and 8 < len(blanks) < 32
+    assert cases == point_cases(items, rows, 0, seed=0, blank_share=0.5) and point_cases(items, rows, 0, 0) == real
+    assert all(c.blank in BLANKS or items[c.index].item.conversation[-1].content.startswith(c.blank) for c in blanks)
+    assert 0 < sum(c.exchanged for c in blanks) < len(blanks)
+    for case in blanks:
+        labeled, other = items[case.index], 1 - items[case.index].best
+        critiques = case.draft.critiques[::-1] if case.exchanged else case.draft.critiques
+        assert critiques[other] in BLANK_CRITIQUES and critiques[labeled.best] == DRAFT.critiques[labeled.best]
+        example, _ = point_example(tokenizer, POINT, labeled, case, other, seed=0)
+        prompt = tokenizer.decode(example.prompt_ids)
+        assert case.blank in prompt and labeled.item.responses[other] not in prompt
+        assert f'"{case.blank}"' in tokenizer.decode(example.target_ids, skip_special_tokens=True)
+        preferred, _ = point_example(tokenizer, POINT, labeled, case, labeled.best, seed=0)
+        assert labeled.item.responses[labeled.best] in tokenizer.decode(preferred.prompt_ids)
 
 
 @pytest.mark.parametrize("answer", [0, 1])
@@ -125,7 +147,7 @@ def test_the_stage_holds_out_the_first_drafts_resumes_and_writes_a_pointwise_jud
     assert point["status"] == "done" and point["steps"] == 3 and any("resuming at step 1/3" in x for x in logs)
     assert point["start"] == str(out / "rft-adapter") and point["settings"]["hold_out"] == 1
     held = point["held_out"]
-    assert held["pairs"] == 1 and 0 <= held["drafted"] <= 1 and 0 <= held["exchanged"] <= 1
+    assert held["pairs"] == 1 and all(0 <= held[k] <= 1 for k in ("drafted", "exchanged", "blank"))
     judge = GenerativeRewardModel.load(str(out / "point-adapter"))
     assert judge.template == POINT  # served with the template it was trained on
     [again] = run(opts, log=lambda _: None)
@@ -133,6 +155,7 @@ def test_the_stage_holds_out_the_first_drafts_resumes_and_writes_a_pointwise_jud
 
 
 @pytest.mark.parametrize("setting, message", [({"point.hold_out": -1}, "point.hold_out must be >= 0"),
+                                              ({"point.blank_share": 1.5}, "point.blank_share must be at most 1"),
                                               ({"point.rank": 8}, "point.rank: .* keeps its rank"),
                                               ({"point.hold_out": 9}, "no usable two-answer draft past")])
 def test_bad_settings_are_refused_naming_the_setting(tiny_model_path, tmp_path, setting, message):
