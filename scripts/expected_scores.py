@@ -7,8 +7,8 @@ distribution over the scores 1..9 where its score was written (the prompt and th
 up to its box, read by the engine's ``next_token_logprobs``: the prompt is prefilled once
 for all of its judgments) and reports accuracy when each judgment's score is that expected
 value, summed over the first k samples, beside the same count on the sampled scores. Here a
-tie or an unscored judgment counts as wrong (stricter than ``grm eval``, which breaks a tie
-at random). The values read are appended to ``--read`` as they come, so a cut-off run
+tie, or an item with no scored sample, counts as wrong (stricter than ``grm eval``, which
+breaks a tie at random); unscored samples do not vote. The values read are appended to ``--read`` as they come, so a cut-off run
 resumes. With ``--write-journal`` it also writes the journal with the values filled in, as
 ``grm eval`` would have written it with the reading on; ``grm eval`` rerun on that journal
 (same settings) skips every item and reports from it, tied votes broken by the expected scores.
@@ -33,11 +33,10 @@ import torch
 from grm.eval.records import parse_lines
 from grm.eval.statistics import item_bootstrap
 from grm.judge import GenerativeRewardModel
-from grm.pointwise import digit_ids, expected_value
+from grm.pointwise import BOX, digit_ids, expected_value
 from grm.prompts import build_judge_content, encode_prompt, one_response
 
 PART = re.compile(r"\[Answer (\d+)\]\n")
-BOX = "\\boxed{"
 
 
 def parts(text: str) -> list[str]:
