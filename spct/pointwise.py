@@ -22,6 +22,11 @@ replaced by a content-free one (``BLANKS``, or the start of the user's last turn
 critiqued as saying nothing: a judge trained on real pairs alone learned what makes one real
 answer better than another, but scored ":" about as high as the best answer. These
 cases teach it to write that such an answer gives nothing and to score it below the real one.
+With ``blank_critique="kept"`` the content-free answer keeps the critique sentence drafted
+for the real answer it replaces and the case trains the Bradley-Terry term only: the critique
+then says nothing of the answer's emptiness, so only reading the answer itself lowers the
+loss, and no critique line that calls an answer empty is taught (one taught that way spread
+to short real answers).
 
 Example::
 
@@ -69,25 +74,36 @@ class PointCase:
     draft: Draft  # as drafted, or with its critiques exchanged
     exchanged: bool
     blank: str = ""  # a blank case: the other answer replaced by this content-free text
+    bt_only: bool = False  # trained by the Bradley-Terry term alone (no SFT of its judgments)
 
 
-def blank_case(item: LabeledItem, index: int, draft: Draft, seed: int) -> PointCase:
+BLANK_CRITIQUE_MODES = ("empty", "kept")
+
+
+def blank_case(item: LabeledItem, index: int, draft: Draft, seed: int, critique: str = "empty") -> PointCase:
     """The pair's preferred answer against a content-free one, critiques as drafted or
-    exchanged by a coin seeded by the pair."""
+    exchanged by a coin seeded by the pair. ``critique``: "empty" gives the content-free
+    answer a critique saying it gives nothing; "kept" leaves it the sentence drafted for the
+    real answer it replaces, and the case is trained by the Bradley-Terry term only."""
+    if critique not in BLANK_CRITIQUE_MODES:
+        raise ValueError(f"blank critique must be one of {BLANK_CRITIQUE_MODES}, got {critique!r}")
     rng = random.Random(mix_seed("point-blank", seed, index))
     last = item.item.conversation[-1].content.strip() if item.item.conversation else ""
     echo = " ".join(last.split()[:rng.randint(3, 8)])
     text = echo if echo and rng.random() < 0.2 else rng.choice(BLANKS)
     other = 1 - item.best
     critiques, quotes = list(draft.critiques), list(draft.quotes)
-    critiques[other], quotes[other] = rng.choice(BLANK_CRITIQUES), text
+    empty_line = rng.choice(BLANK_CRITIQUES)  # drawn in both modes: the exchange coin below stays the same
+    if critique == "empty":
+        critiques[other] = empty_line
+    quotes[other] = text
     blank = Draft(draft.principles, tuple(critiques), tuple(quotes))
     exchanged = rng.random() < 0.5
-    return PointCase(index, blank.exchanged() if exchanged else blank, exchanged, text)
+    return PointCase(index, blank.exchanged() if exchanged else blank, exchanged, text, critique == "kept")
 
 
 def point_cases(items: Sequence[LabeledItem], rows: Sequence[dict], hold_out: int, seed: int,
-                blank_share: float = 0.0) -> list[PointCase]:
+                blank_share: float = 0.0, blank_critique: str = "empty") -> list[PointCase]:
     """One case per usable two-answer draft after the first ``hold_out``, its critiques
     exchanged or not by a coin seeded by the pair; then a blank case (``blank_case``) for a
     ``blank_share`` of them, chosen by another seeded coin."""
@@ -97,7 +113,7 @@ def point_cases(items: Sequence[LabeledItem], rows: Sequence[dict], hold_out: in
         exchanged = random.Random(mix_seed("point-exchange", seed, row["index"])).random() < 0.5
         cases.append(PointCase(row["index"], draft.exchanged() if exchanged else draft, exchanged))
         if random.Random(mix_seed("point-blank-share", seed, row["index"])).random() < blank_share:
-            blanks.append(blank_case(items[row["index"]], row["index"], draft, seed))
+            blanks.append(blank_case(items[row["index"]], row["index"], draft, seed, blank_critique))
     return cases + blanks
 
 
@@ -144,11 +160,12 @@ def point_loss(tokenizer, template: JudgeTemplate, items: Sequence[LabeledItem],
                seed: int, nll_weight: float = 1.0):
     """``loss_fn(model, indices) -> (loss, tokens)`` for ``train_resumable``: per case the
     Bradley-Terry loss on the two answers' expected scores, plus ``nll_weight`` times the
-    two judgments' mean SFT loss when the critiques are as drafted; averaged over the batch."""
+    two judgments' mean SFT loss when the critiques are as drafted (and the case is not
+    ``bt_only``); averaged over the batch."""
     def loss(model, indices: list[int]) -> tuple[torch.Tensor, int]:
         chosen = [cases[i] for i in indices]
         r, nll, tokens = point_rewards(model, tokenizer, template, items, chosen, seed)
-        drafted = torch.tensor([0.0 if c.exchanged else 1.0 for c in chosen], dtype=nll.dtype)
+        drafted = torch.tensor([0.0 if c.exchanged or c.bt_only else 1.0 for c in chosen], dtype=nll.dtype)
         terms = -F.logsigmoid(r[0::2] - r[1::2]) + nll_weight * drafted * (nll[0::2] + nll[1::2]) / 2
         return terms.mean(), tokens
     return loss
@@ -172,12 +189,13 @@ def point_stage(opts, settings: dict, items: list[LabeledItem], base: str, log=p
     after ``point.hold_out`` and writes ``point-adapter/`` (its template the pointwise one).
 
     ``settings`` (``--set point.KEY``): ``start``, ``hold_out`` (default 0), ``nll_weight``
-    (default 1), ``blank_share`` (default 0), ``epochs`` (default 1), ``batch_size`` (pairs a step, default 4), ``lr``
+    (default 1), ``blank_share`` (default 0), ``blank_critique`` ("empty" or "kept", see
+    ``blank_case``; default "empty"), ``epochs`` (default 1), ``batch_size`` (pairs a step, default 4), ``lr``
     (default 3e-4), ``save_every``. The adapter keeps its own rank, alpha, dropout and layers.
     A rerun that would resume on another start or other cases is refused. With ``hold_out``,
     the report holds the share of held-out pairs whose preferred answer the trained judge's
     expected score puts strictly higher (critiques as drafted and as exchanged, and against a
-    content-free answer)."""
+    content-free answer critiqued as empty and with the real answer's critique kept)."""
     folder, state = opts.out / "point-adapter", opts.out / "point"
     if folder.exists():
         return {"stage": "point", "status": "done", "adapter": folder.name}
@@ -190,10 +208,13 @@ def point_stage(opts, settings: dict, items: list[LabeledItem], base: str, log=p
             raise ValueError(f"point.{key} must be >= 0, got {value}")
     if kept["blank_share"] > 1:
         raise ValueError(f"point.blank_share must be at most 1, got {kept['blank_share']}")
+    critique = str(settings.pop("blank_critique", "empty"))
+    if critique not in BLANK_CRITIQUE_MODES:
+        raise ValueError(f"point.blank_critique must be one of {BLANK_CRITIQUE_MODES}, got {critique!r}")
     template = load_template(POINT_TEMPLATE)
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = read_drafts(opts.shared)
-    cases = point_cases(items, rows, kept["hold_out"], opts.seed, kept["blank_share"])
+    cases = point_cases(items, rows, kept["hold_out"], opts.seed, kept["blank_share"], critique)
     if not cases:
         raise ValueError(f"{opts.shared / 'drafts.jsonl'}: no usable two-answer draft past point.hold_out="
                          f"{kept['hold_out']} to train on")
@@ -205,7 +226,7 @@ def point_stage(opts, settings: dict, items: list[LabeledItem], base: str, log=p
     figures = train_resumable(model, len(cases), loss_fn, lora, state, opts.stage_minutes * 60, log, lengths)
     trained = {k: getattr(lora, k) for k in ("epochs", "batch_size", "lr", "save_every", "seed")}
     entry = {"stage": "point", "status": "partial", "pairs": len(cases), "start": str(start),
-             "settings": {**trained, **kept}, **figures}
+             "settings": {**trained, **kept, "blank_critique": critique}, **figures}
     if figures["steps"] < figures["planned_steps"]:
         return entry
     save_adapter(model, folder, opts.base, template)
@@ -218,13 +239,16 @@ def held_out_shares(model, tokenizer, template: JudgeTemplate, items: Sequence[L
                     hold_out: int, seed: int) -> dict:
     """On the first ``hold_out`` usable drafts (left out of training): the share of pairs
     whose preferred answer gets the strictly higher expected score, with the critiques as
-    drafted and as exchanged."""
+    drafted and as exchanged; and against a content-free answer in place of the other one,
+    its critique saying it is empty ("blank") or the one drafted for the real answer ("blank_kept")."""
     drafts = [(row["index"], draft_from_json(row)) for row in usable_drafts(items, rows, 0)[:hold_out]]
     shares = {}
     for name, exchanged in (("drafted", False), ("exchanged", True)):
         cases = [PointCase(i, d.exchanged() if exchanged else d, exchanged) for i, d in drafts]
         correct = point_correct(model, tokenizer, template, items, cases, seed)
         shares[name] = sum(correct) / len(correct)
-    blanks = [blank_case(items[i], i, d, seed) for i, d in drafts]
-    correct = point_correct(model, tokenizer, template, items, blanks, seed)
-    return {"pairs": len(drafts), **shares, "blank": sum(correct) / len(correct)}
+    for name, critique in (("blank", "empty"), ("blank_kept", "kept")):
+        blanks = [blank_case(items[i], i, d, seed, critique) for i, d in drafts]
+        correct = point_correct(model, tokenizer, template, items, blanks, seed)
+        shares[name] = sum(correct) / len(correct)
+    return {"pairs": len(drafts), **shares}

@@ -65,6 +65,27 @@ def test_a_share_of_the_pairs_comes_again_against_a_content_free_answer_critique
         assert labeled.item.responses[labeled.best] in tokenizer.decode(preferred.prompt_ids)
 
 
+def test_kept_blank_cases_keep_the_real_answers_critique_and_train_the_bradley_terry_term_alone(tiny):
+    model, tokenizer = tiny
+    items, rows = _items(40), _rows(40)
+    empty = point_cases(items, rows, 0, seed=0, blank_share=0.5)[40:]
+    kept = point_cases(items, rows, 0, seed=0, blank_share=0.5, blank_critique="kept")
+    real, blanks = kept[:40], kept[40:]
+    assert not any(c.bt_only for c in real + empty) and all(c.bt_only for c in blanks)
+    assert [(c.index, c.blank, c.exchanged) for c in blanks] == [(c.index, c.blank, c.exchanged) for c in empty]
+    for case in blanks:
+        other = 1 - items[case.index].best
+        critiques = case.draft.critiques[::-1] if case.exchanged else case.draft.critiques
+        assert critiques == DRAFT.critiques and case.draft.quotes[other] == case.blank
+    drafted = next(i for i, c in enumerate(kept) if c.bt_only and not c.exchanged)
+    with torch.no_grad():
+        losses = [float(point_loss(tokenizer, POINT, items, kept, 0, nll_weight=w)(model, [drafted])[0])
+                  for w in (0.0, 1.0)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    with pytest.raises(ValueError, match="blank critique must be one of"):
+        point_cases(items, rows, 0, seed=0, blank_share=0.5, blank_critique="none")
+
+
 @pytest.mark.parametrize("answer", [0, 1])
 def test_an_example_shows_one_answer_and_its_own_critique_and_points_at_its_score(tiny, answer):
     _, tokenizer = tiny
@@ -147,7 +168,7 @@ def test_the_stage_holds_out_the_first_drafts_resumes_and_writes_a_pointwise_jud
     assert point["status"] == "done" and point["steps"] == 3 and any("resuming at step 1/3" in x for x in logs)
     assert point["start"] == str(out / "rft-adapter") and point["settings"]["hold_out"] == 1
     held = point["held_out"]
-    assert held["pairs"] == 1 and all(0 <= held[k] <= 1 for k in ("drafted", "exchanged", "blank"))
+    assert held["pairs"] == 1 and all(0 <= held[k] <= 1 for k in ("drafted", "exchanged", "blank", "blank_kept"))
     judge = GenerativeRewardModel.load(str(out / "point-adapter"))
     assert judge.template == POINT  # served with the template it was trained on
     [again] = run(opts, log=lambda _: None)
@@ -156,6 +177,7 @@ def test_the_stage_holds_out_the_first_drafts_resumes_and_writes_a_pointwise_jud
 
 @pytest.mark.parametrize("setting, message", [({"point.hold_out": -1}, "point.hold_out must be >= 0"),
                                               ({"point.blank_share": 1.5}, "point.blank_share must be at most 1"),
+                                              ({"point.blank_critique": "x"}, "point.blank_critique must be"),
                                               ({"point.rank": 8}, "point.rank: .* keeps its rank"),
                                               ({"point.hold_out": 9}, "no usable two-answer draft past")])
 def test_bad_settings_are_refused_naming_the_setting(tiny_model_path, tmp_path, setting, message):
